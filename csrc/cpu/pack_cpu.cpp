@@ -1,0 +1,43 @@
+// pack: (N, b) real/bool codes -> (N, ceil(b/64)) int64 words, bit set where code > 0.
+#include <ATen/Parallel.h>
+#include <torch/all.h>
+#include <torch/library.h>
+
+#include "kernels/bits.h"
+
+namespace nhl {
+
+template <typename scalar_t>
+static void pack_rows(const scalar_t* codes, int64_t n, int64_t bits, int64_t words, uint64_t* out) {
+  at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* row = codes + i * bits;
+      for (int64_t w = 0; w < words; ++w) {
+        const int64_t lo = w * 64, hi = std::min<int64_t>(bits, lo + 64);
+        uint64_t word = 0;
+        for (int64_t j = lo; j < hi; ++j) word |= uint64_t(row[j] > scalar_t(0)) << (j - lo);
+        out[i * words + w] = word;
+      }
+    }
+  });
+}
+
+at::Tensor pack_cpu(const at::Tensor& codes_in) {
+  TORCH_CHECK(codes_in.dim() == 2, "pack: codes must be 2-D (N, bits)");
+  const at::Tensor codes = codes_in.contiguous();
+  const int64_t n = codes.size(0), bits = codes.size(1), words = words_for_bits(bits);
+  at::Tensor out = at::empty({n, words}, codes.options().dtype(at::kLong));
+  auto* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  if (codes.scalar_type() == at::kBool) {
+    pack_rows(codes.data_ptr<bool>(), n, bits, words, dst);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, codes.scalar_type(), "pack_cpu", [&] {
+      pack_rows(codes.data_ptr<scalar_t>(), n, bits, words, dst);
+    });
+  }
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(nhl_fast, CPU, m) { m.impl("pack", &pack_cpu); }
+
+}  // namespace nhl

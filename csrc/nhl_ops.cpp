@@ -1,0 +1,56 @@
+// Every nhl_fast op schema, in one place. Kernels register against these in
+// csrc/cpu/<op>_cpu.cpp (CPU) and csrc/cuda/ops_cuda.cpp (CUDA); Python adds
+// fakes and autograd in nhl_fast/ops.py. The pybind11 module only reports build facts.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+TORCH_LIBRARY(nhl_fast, m) {
+  // --- engine: packed codes (int64 words, LSB-first), nested Hamming, top-k ---
+  m.def("pack(Tensor codes) -> Tensor");
+  m.def("unpack(Tensor packed, int bits) -> Tensor");
+  m.def("hamming(Tensor q, Tensor db, int[] bits) -> Tensor");
+  m.def("topk(Tensor q, Tensor db, int k, int[] bits) -> (Tensor, Tensor)");
+}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+  pybind11::list backends;
+  backends.append("cpp");
+#ifdef NHL_WITH_CUDA
+  backends.append("cuda");
+#endif
+  info["backends"] = backends;
+#if defined(__clang__)
+  info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  info["compiler"] = std::string("unknown");
+#endif
+#ifdef _OPENMP
+  info["openmp_threads"] = omp_get_max_threads();
+#else
+  info["openmp_threads"] = 1;
+#endif
+#if defined(__AVX2__)
+  info["simd"] = std::string("avx2");
+#elif defined(__POPCNT__)
+  info["simd"] = std::string("popcnt");
+#else
+  info["simd"] = std::string("generic");
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "nhl_fast compiled kernels (ops are registered with torch.library on import)";
+  m.def("build_info", &build_info, "Which backends were compiled, compiler, OpenMP threads, SIMD level");
+}

@@ -1,0 +1,76 @@
+"""Python-side op registration: fake (meta) kernels for the compiled ops, the Triton
+ops as torch custom ops (so torch.compile and opcheck see them), and autograd.
+
+Each op has one fake shared by its compiled and Triton forms.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import Tensor
+
+from nhl_fast._dispatch import extension
+
+_EXT, _ = extension()  # loads the schemas of csrc/nhl_ops.cpp when the extension exists
+
+
+def _kernel(name: str):
+    """The Triton launcher module kernels/<name>.py (imported lazily: triton is optional)."""
+    return importlib.import_module(f"nhl_fast.kernels.{name}")
+
+
+# ---------------------------------------------------------------- fakes
+
+
+def _pack_fake(codes: Tensor) -> Tensor:
+    return codes.new_empty((codes.shape[0], (codes.shape[1] + 63) // 64), dtype=torch.int64)
+
+
+def _unpack_fake(packed: Tensor, bits: int) -> Tensor:
+    return packed.new_empty((packed.shape[0], bits), dtype=torch.float32)
+
+
+def _hamming_fake(q: Tensor, db: Tensor, bits: list[int]) -> Tensor:
+    return q.new_empty((len(bits), q.shape[0], db.shape[0]), dtype=torch.int32)
+
+
+def _topk_fake(q: Tensor, db: Tensor, k: int, bits: list[int]) -> tuple[Tensor, Tensor]:
+    shape = (len(bits), q.shape[0], k)
+    return q.new_empty(shape, dtype=torch.int32), q.new_empty(shape, dtype=torch.int64)
+
+
+if _EXT is not None:
+    torch.library.register_fake("nhl_fast::pack")(_pack_fake)
+    torch.library.register_fake("nhl_fast::unpack")(_unpack_fake)
+    torch.library.register_fake("nhl_fast::hamming")(_hamming_fake)
+    torch.library.register_fake("nhl_fast::topk")(_topk_fake)
+
+
+# ---------------------------------------------------------------- Triton ops
+
+
+@torch.library.custom_op("nhl_fast::pack_triton", mutates_args=())
+def pack_triton(codes: Tensor) -> Tensor:
+    return _kernel("pack").pack_triton(codes)
+
+
+@torch.library.custom_op("nhl_fast::unpack_triton", mutates_args=())
+def unpack_triton(packed: Tensor, bits: int) -> Tensor:
+    return _kernel("unpack").unpack_triton(packed, bits)
+
+
+@torch.library.custom_op("nhl_fast::hamming_triton", mutates_args=())
+def hamming_triton(q: Tensor, db: Tensor, bits: list[int]) -> Tensor:
+    return _kernel("hamming").hamming_triton(q, db, bits)
+
+
+@torch.library.custom_op("nhl_fast::topk_triton", mutates_args=())
+def topk_triton(q: Tensor, db: Tensor, k: int, bits: list[int]) -> tuple[Tensor, Tensor]:
+    return _kernel("topk").topk_triton(q, db, k, bits)
+
+
+pack_triton.register_fake(_pack_fake)
+unpack_triton.register_fake(_unpack_fake)
+hamming_triton.register_fake(_hamming_fake)
+topk_triton.register_fake(_topk_fake)

@@ -1,0 +1,33 @@
+import os
+
+import pytest
+import torch
+
+import nhl_fast
+from nhl_fast._dispatch import not_supported_reasons
+
+CPU = torch.device("cpu")
+HAS_CUDA = torch.cuda.is_available() and "cuda" in nhl_fast.build_info().get("backends", [])
+
+
+def cpu_backends():
+    """Backends that can run CPU tensors here: torch, cpp, and triton under TRITON_INTERPRET=1."""
+    return [b for b in ("torch", "cpp", "triton") if not not_supported_reasons(b, CPU)]
+
+
+def gpu_backends():
+    if not torch.cuda.is_available():
+        return []
+    dev = torch.device("cuda")
+    return [b for b in ("cuda", "triton") if not not_supported_reasons(b, dev)]
+
+
+def backend_params():
+    """(backend, device) pairs to test every kernel on: every CPU backend, plus GPU ones when lent."""
+    params = [pytest.param(b, "cpu", id=f"{b}-cpu") for b in cpu_backends()]
+    params += [pytest.param(b, "cuda", id=f"{b}-cuda", marks=pytest.mark.cuda) for b in gpu_backends()]
+    return params
+
+
+def pytest_report_header(config):
+    return [f"nhl_fast build: {nhl_fast.build_info()}", f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}"]
