@@ -81,9 +81,153 @@ def naive_dsh(m, k, u, y, idx, state):
     return tot / (u.shape[0] * NT) + m.alpha * (1 - u.abs()).abs().mean()
 
 
+def sim(a, b):
+    return float((a * b).sum() > 0)
+
+
+def naive_likelihood(u, y, U, Y):
+    tot = 0.0
+    for i in range(u.shape[0]):
+        for n in range(U.shape[0]):
+            th = 0.5 * (u[i] * U[n]).sum()
+            tot = tot + torch.log(1 + torch.exp(th)) - sim(y[i], Y[n]) * th
+    return tot / (u.shape[0] * U.shape[0])
+
+
+def naive_dpsh(m, k, u, y, idx, state):
+    U, Y = bank_write(state, k, u, y, idx, u.shape[1])
+    return naive_likelihood(u, y, U, Y) + m.alpha * (u - u.sign()).pow(2).mean()
+
+
+def naive_dhn(m, k, u, y, idx, state):
+    U, Y = bank_write(state, k, u, y, idx, u.shape[1])
+    return naive_likelihood(u, y, U, Y) + m.alpha * torch.log(torch.cosh(u.abs() - 1)).mean()
+
+
+def naive_dbdh(m, k, u, y, idx, state):
+    u = u.clamp(-1, 1)
+    U, Y = bank_write(state, k, u, y, idx, u.shape[1])
+    bal = sum(u[i].mean() ** 2 for i in range(u.shape[0])) / u.shape[0]
+    return naive_likelihood(u, y, U, Y) + m.alpha * bal
+
+
+def naive_hashnet(m, k, u, y, idx, state):
+    u = torch.tanh(m.scale * u)
+    B = u.shape[0]
+    S = [[sim(y[i], y[j]) for j in range(B)] for i in range(B)]
+    s1 = sum(map(sum, S))
+    s0 = B * B - s1
+    tot = 0.0
+    for i in range(B):
+        for j in range(B):
+            a = m.alpha * (u[i] * u[j]).sum()
+            nlp = a + torch.log(1 + torch.exp(-a)) - S[i][j] * a
+            tot = tot + nlp * (B * B / s1 if S[i][j] else B * B / s0)
+    return tot / (B * B)
+
+
+def naive_dch(m, k, u, y, idx, state):
+    B, b = u.shape
+    g = m.gamma
+
+    def d(x, z):
+        cos = (x * z).sum() / max(x.norm() * z.norm(), 1e-4)
+        return (1 - torch.clamp(cos, max=0.99)) * b / 2
+
+    S = [[sim(y[i], y[j]) for j in range(B)] for i in range(B)]
+    s1 = sum(map(sum, S))
+    tot = 0.0
+    for i in range(B):
+        for j in range(B):
+            w = (B * B / s1 if S[i][j] else B * B / (B * B - s1)) if 0 < s1 < B * B else 1.0
+            dij = d(u[i], u[j])
+            tot = tot + w * (S[i][j] * torch.log(dij / g) + torch.log(1 + g / dij))
+    q = sum(torch.log(1 + d(u[i].abs(), torch.ones(b, dtype=u.dtype)) / g) for i in range(B)) / B
+    return tot / (B * B) + m.lambda_ * q
+
+
+def naive_dtsh(m, k, u, y, idx, state):
+    B = u.shape[0]
+    tot, count = 0.0, 0
+    for a in range(B):
+        P = [p for p in range(B) if sim(y[a], y[p])]
+        N = [n for n in range(B) if not sim(y[a], y[n])]
+        if not P or not N:
+            continue
+        count += 1
+        row = 0.0
+        for p in P:
+            for n in N:
+                t = torch.clamp((u[a] * u[p]).sum() - (u[a] * u[n]).sum() - m.alpha, -100, 50)
+                row = row - (t - torch.log(1 + torch.exp(t)))
+        tot = tot + row / (len(P) * len(N))
+    trip = tot / count if count else 0.0
+    return trip + m.lambda_ * (u - u.sign()).pow(2).mean()
+
+
+def naive_lcdsh(m, k, u, y, idx, state):
+    B = u.shape[0]
+    b = u.sign()
+    l1 = l2 = 0.0
+    for i in range(B):
+        for j in range(B):
+            s = 2 * sim(y[i], y[j]) - 1
+            phi = torch.clamp(0.5 * (u[i] * u[j]).sum(), -50, 50)
+            l1 = l1 + torch.log(1 + torch.exp(-s * phi))
+            l2 = l2 + (torch.sigmoid(phi) - torch.sigmoid(0.5 * (b[i] * b[j]).sum())) ** 2
+    return l1 / B**2 + m.lambda_ * l2 / B**2
+
+
+def naive_dpn(m, k, u, y, idx, state):
+    cen, tie = m.centers_for(k).double(), tie_for(m, k)
+    tot = 0.0
+    for i in range(u.shape[0]):
+        t = naive_target(y[i], cen, tie)
+        tot = tot + torch.clamp(m.m - u[i] * t, min=0).sum()
+    return tot / u.numel()
+
+
+def naive_cos(u, cen):
+    return torch.stack([torch.stack([(u[i] @ c) / (u[i].norm() * c.norm()) for c in cen]) for i in range(u.shape[0])])
+
+
+def naive_mdsh(m, k, u, y, idx, state):
+    cen = m.centers_for(k).double()
+    p = torch.softmax(u.shape[1] ** 0.5 * naive_cos(u, cen), 1)
+    ce = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+    return ce + m.lambda_ * (u.abs() - 1).pow(2).mean()
+
+
+def naive_shcir(m, k, u, y, idx, state):
+    cen = m.centers_for(k).double()
+    ncls = cen.shape[0]
+    cos = naive_cos(u, cen)
+    tot = 0.0
+    for i in range(u.shape[0]):
+        P = [c for c in range(ncls) if y[i, c] > 0]
+        N = [c for c in range(ncls) if y[i, c] == 0]
+        e = torch.exp(u.shape[1] ** 0.5 * (cos[i] - m.margin))
+        row = 0.0
+        for p in P:   # the reference's formula, once per positive label
+            den = e[p] + sum(e[n] for n in N)
+            row = row + torch.log(e[p] / den) + sum(torch.log(1 - e[n] / den) for n in N) / (ncls - 1)
+        tot = tot + (row / len(P) if P else 0.0)
+    return -tot / u.shape[0] + m.lambda_ * (u.abs() - 1).pow(2).mean()
+
+
 NAIVE = {
     "csq": naive_csq,
     "dsh": naive_dsh,
+    "dpsh": naive_dpsh,
+    "dhn": naive_dhn,
+    "dbdh": naive_dbdh,
+    "hashnet": naive_hashnet,
+    "dch": naive_dch,
+    "dtsh": naive_dtsh,
+    "lcdsh": naive_lcdsh,
+    "dpn": naive_dpn,
+    "mdsh": naive_mdsh,
+    "shcir": naive_shcir,
 }
 
 CASES = [pytest.param(name, lab, bits, id=f"{name}-{lab}-{'x'.join(map(str, bits))}")
@@ -99,6 +243,8 @@ def run_both(name, lab, bits, steps=2, B=6, scale=1.0, **kw):
     (overlapping bank indices); returns lists of (nested value, naive value, nested grad, naive grad)."""
     gen = torch.Generator().manual_seed(hash((name, lab, bits)) % 2**31)
     m = make(name, bits, **kw)
+    if hasattr(m, "set_epoch"):
+        m.set_epoch(45)            # HashNet continuation: scale sqrt(3)
     state = {}
     out = []
     for step in range(steps):

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from nhl_fast.losses import centers as _c
-from nhl_fast.losses._common import HashLoss
+from nhl_fast.losses._common import HashLoss, prefix_gram, prefix_sum
 
 CENTER_MODES = ("per_length", "nested")
 
@@ -23,8 +23,9 @@ class CenteredLoss(HashLoss):
     center_method = "csq"  # how per_length centres are drawn (the reference's procedure)
 
     def __init__(self, bit_list, num_classes=None, num_train=None,
-                 centers: Union[str, Tensor, Sequence[Tensor]] = "per_length", seed: int = 0, p: float = 0.5):
-        super().__init__(bit_list, num_classes=num_classes, num_train=num_train)
+                 centers: Union[str, Tensor, Sequence[Tensor]] = "per_length", seed: int = 0, p: float = 0.5,
+                 bank: bool = False):
+        super().__init__(bit_list, num_classes=num_classes, num_train=num_train, bank=bank)
         C, bits = self.num_classes, self.bit_list
         gen = torch.Generator().manual_seed(int(seed))
         if isinstance(centers, str):
@@ -66,6 +67,16 @@ class CenteredLoss(HashLoss):
         # multi-label: a bit whose label-summed centre is 0 takes a fixed random sign (the references' tie rule)
         tie = torch.where(torch.rand(table.shape[1], generator=gen) < 0.5, -1.0, 1.0)
         self.register_buffer("tie", tie)
+
+    def center_logits(self, u: Tensor) -> Tensor:
+        """(K, B, C) cosine similarity of every prefix u[:, :b_k] with the length-k centres."""
+        if self.nested:
+            dots = prefix_gram(u, self.centers_table.to(u.dtype), self.bit_list)
+        else:
+            dots = torch.stack([u[:, :b] @ self.centers_for(k).to(u.dtype).T for k, b in enumerate(self.bit_list)])
+        # centres are +-1, so ||c|| = sqrt(b_k); F.normalize's 1e-12 floor on ||u||
+        norm_u = prefix_sum(u * u, self.bit_list).T.sqrt().clamp(min=1e-12)  # (K, B)
+        return dots / (norm_u[:, :, None] * self.bits_like(u).sqrt()[:, None, None])
 
     def centers_for(self, k: int) -> Tensor:
         """The (C, b_k) centres of length k."""

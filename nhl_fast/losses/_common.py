@@ -56,13 +56,16 @@ class HashLoss(NestedLoss):
     #: losses that need num_classes (code centres, label bank)
     needs_classes = False
 
-    def __init__(self, bit_list, num_classes: Optional[int] = None, num_train: Optional[int] = None):
+    def __init__(self, bit_list, num_classes: Optional[int] = None, num_train: Optional[int] = None,
+                 bank: Optional[bool] = None):
         bits = check_bit_list(bit_list)
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if num_train is not None and (not isinstance(num_train, int) or num_train < 1):
             raise ValueError(f"num_train must be a positive int, got {num_train!r}")
         super().__init__(bits, num_classes=num_classes, num_train=num_train)
+        if bank is not None:
+            self.uses_bank = bool(bank)
         self.b_max = bits[-1]
         self.register_buffer("bits_t", torch.tensor(bits, dtype=torch.float32), persistent=False)
         if (self.needs_classes or self.uses_bank) and num_classes is None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -98,19 +99,21 @@ def nested_centers(num_classes: int, bit_list: Sequence[int], gen: torch.Generat
         parts.append(torch.cat([h, -h], 0))
     parts.append(balanced_random(max(pool_random, 4 * num_classes, 256), b_max, b_max // 2, gen))
     pool = torch.cat(parts, 0)
-    ends = torch.tensor([b - 1 for b in bits])
-    scale = torch.tensor(bits, dtype=torch.float32)
+    # small single-threaded numpy loop: C steps over a (P, b_max) pool
+    pool_np = pool.numpy()
+    ends = np.array([b - 1 for b in bits])
+    scale = np.array(bits, dtype=np.float64)
     chosen = [0]
-    mind = torch.full((pool.shape[0], len(bits)), float("inf"))
-    taken = torch.zeros(pool.shape[0], dtype=torch.bool)
+    mind = np.full((pool_np.shape[0], len(bits)), np.inf)
+    taken = np.zeros(pool_np.shape[0], dtype=bool)
     taken[0] = True
     for _ in range(num_classes - 1):
-        mism = (pool != pool[chosen[-1]]).float().cumsum(1)[:, ends]  # (P, K) prefix distances
-        mind = torch.minimum(mind, mism)
+        mism = np.cumsum(pool_np != pool_np[chosen[-1]], axis=1)[:, ends]  # (P, K) prefix distances
+        mind = np.minimum(mind, mism)
         norm = mind / scale
-        score = norm.min(1).values + 1e-3 * norm.sum(1)
-        score[taken] = -float("inf")
-        nxt = int(score.argmax())
+        score = norm.min(1) + 1e-3 * norm.sum(1)
+        score[taken] = -np.inf
+        nxt = int(score.argmax())  # first maximum: ties go to pool order
         chosen.append(nxt)
         taken[nxt] = True
     return pool[chosen].clone()
