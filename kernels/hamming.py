@@ -40,6 +40,7 @@ def hamming_tile_kernel(q_ptr, db_ptr, out_ptr, table_ptr, nq, ndb, words, words
     out_mask = mask_q[:, None] & mask_n[None, :]
     out_offs = offs_q[:, None] * ndb + offs_n[None, :]
     masks_ptr = table_ptr + words_used + 1
+    plane64 = tl.full([], 0, tl.int64) + plane  # l * plane can pass 2^31 when plane arrives as int32
     acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.int32)
     for w in range(words_used):
         qw = tl.load(q_ptr + offs_q * words + w, mask=mask_q, other=0)
@@ -48,12 +49,13 @@ def hamming_tile_kernel(q_ptr, db_ptr, out_ptr, table_ptr, nq, ndb, words, words
         first = tl.load(table_ptr + w)
         stop = tl.load(table_ptr + w + 1)
         for l in range(first, stop):
+            plane_off = l * plane64
             d = acc + popcount64(x & tl.load(masks_ptr + l))
             if KEYS:
                 key = d.to(tl.int64) * key_n + key_base + offs_n[None, :]
-                tl.store(out_ptr + l * plane + out_offs, key, mask=out_mask)
+                tl.store(out_ptr + plane_off + out_offs, key, mask=out_mask)
             else:
-                tl.store(out_ptr + l * plane + out_offs, d, mask=out_mask)
+                tl.store(out_ptr + plane_off + out_offs, d, mask=out_mask)
         acc += popcount64(x)
 
 
