@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import nhl_fast as nf
+import nhl_fast.ops  # noqa: F401  (registers fakes, autograd and the Triton ops)
 from nhl_fast import reference as R
 from nhl_fast._dispatch import op
 from tests.conftest import backend_params
