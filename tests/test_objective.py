@@ -360,3 +360,35 @@ def test_no_grad_evaluation_keeps_plain_sum():
         loss = obj(layer(net(x)), labels, idx)
     want = sum(naive_per_length(layer(net(x)), alternating_center_loss(BITS, 0), labels, idx, 0.1))
     torch.testing.assert_close(loss, want.detach())
+
+
+@pytest.mark.parametrize("name", ["csq", "dsh"])
+@pytest.mark.parametrize("faithful", [False, True])
+def test_registered_losses_weights_match_k_separate_backward_passes(name, faithful):
+    beta, k = 0.01, len(BITS)
+    net, layer, x, labels, idx = make_problem(2)
+    obj = nf.NHLObjective(name, BITS, beta=beta, distill=0.1, faithful=faithful,
+                          num_classes=N_CLASS, num_train=64).double()
+    obj(layer(net(x)), labels, idx + 7)
+    codes = layer(net(x))
+    base = obj.base(codes.full, labels, idx + 7)  # a bank loss rewrites the same rows: same state
+    per_length = [base[i] + (0.1 * sp_distill(codes[i], codes[i + 1].detach()) if i < k - 1 else 0)
+                  for i in range(k)]
+    g = [torch.autograd.grad(o, layer.weight, retain_graph=True)[0] for o in per_length]
+    dots = torch.tensor([[(g[i][:BITS[i]] * g[j][:BITS[i]]).sum().item() for j in range(k)] for i in range(k)],
+                        dtype=torch.float64)
+    upper = torch.ones(k, k, dtype=torch.bool).triu(1)
+    torch.testing.assert_close(obj.last_grad_dots[upper], dots[upper], rtol=1e-6, atol=0)
+    # the weights: faithful takes every tau from the shortest length's gradient norm (quirk 1)
+    alpha = torch.ones(k, k, dtype=torch.float64)
+    for i in range(k - 1):
+        norm2 = (g[0][:BITS[i]] ** 2).sum() if faithful else (g[i][:BITS[i]] ** 2).sum()
+        tau = beta * norm2 / (k - 1)
+        for j in range(i + 1, k):
+            alpha[i, j] = tau / -dots[i, j] if dots[i, j] < -tau else 1.0
+            if j > i + 1:
+                alpha[i, j] = min(alpha[i, j], alpha[i, i + 1])
+    w = alpha.prod(0)
+    torch.testing.assert_close(obj.last_weights, k * w / w.sum(), rtol=1e-6, atol=0)
+    if name == "csq":  # CSQ's lengths conflict on this batch (DSH's agree: weights 1, dots checked above)
+        assert bool(obj.last_conflicts.any())
