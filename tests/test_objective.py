@@ -113,9 +113,9 @@ def test_adaptive_weights_match_k_separate_backward_passes(relax, distill, seed)
         torch.testing.assert_close(got, ref.grad)
 
 
-def test_adaptive_weights_direct_path_when_batch_exceeds_features():
-    # B > in_features takes the g_k = G_k^T X branch instead of the B x B Gram
-    net, layer, x, labels, idx = make_problem(1, n_in=6, batch=16)
+def test_adaptive_weights_direct_path_for_large_batches():
+    # B > K * b_max takes the g_k = G_k^T X branch instead of the B x B Gram
+    net, layer, x, labels, idx = make_problem(1, n_in=6, batch=4 * BITS[-1] + 3)
     fn = alternating_center_loss(BITS, 1)
     obj = nf.NHLObjective(fn, BITS, beta=0.5, distill=0.1)
     obj(layer(net(x)), labels, idx)
