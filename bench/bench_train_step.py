@@ -161,8 +161,13 @@ def bench_encode(n, n_in, bits, device, repeat):
 
 
 def main():
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (default 1: a shared, oversubscribed CPU makes OpenMP timings erratic)")
+    args = p.parse_args()
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     bits = (8, 16, 32, 64, 128)
     n_in = 256 if args.quick else 2048
     batches = (16,) if args.quick else (64, 128)
