@@ -17,7 +17,7 @@ time. Here, with z = x W^T + b the pre-activation, g_k = G_k^T X where G_k = dO_
 All K matrices G_k come from ONE batched autograd call over the loss graph only
 (``is_grads_batched``: the backbone and the projection are never traversed), then one
 B x B Gram gives all K(K-1)/2 dots and K norms, on device, with no host sync.
-When B > K b_max the direct form g_k = G_k^T X is cheaper and is used instead.
+When B > sum(b_k) the direct form g_k = G_k^T X is cheaper and is used instead.
 
 Distillation D_k (k < K): ||N(S_{k+1}) - N(S_k)||_F^2 / B^2 with S_k = u_k u_k^T,
 N = row L2-normalisation, the teacher S_{k+1} detached. All K Grams come from cumulative
@@ -90,7 +90,7 @@ def cascade_distill_parts(u: Tensor, bit_list: Sequence[int]):
 
 
 @torch.no_grad()
-def cascade_distill_grad(u: Tensor, normed: Tensor, norms: Tensor, mask: Tensor) -> Tensor:
+def cascade_distill_grad(u: Tensor, normed: Tensor, norms: Tensor, bit_list: Sequence[int]) -> Tensor:
     """(K, B, b_max) dD_k/du in closed form (row K is 0: the longest code has no teacher).
 
     With E = dD/dN = 2 (N_k - N_{k+1}) / B^2 and N = S / r row-wise:
@@ -102,8 +102,11 @@ def cascade_distill_grad(u: Tensor, normed: Tensor, norms: Tensor, mask: Tensor)
     student, teacher, r = normed[:-1], normed[1:], norms[:-1]
     e = 2 * (student - teacher) / (batch * batch)
     a = torch.where(r > _EPS, e - student * (e * student).sum(2, keepdim=True), e) / r
-    g = ((a + a.transpose(1, 2)) @ u) * mask[:-1, None, :]
-    return torch.cat([g, torch.zeros_like(g[:1])])
+    sym = a + a.transpose(1, 2)
+    g = u.new_zeros((len(bit_list),) + tuple(u.shape))
+    for k, b in enumerate(bit_list[:-1]):
+        g[k, :, :b] = sym[k] @ u[:, :b]  # only the b_k columns D_k depends on
+    return g
 
 
 def length_mask(bit_list: Sequence[int], device, dtype) -> Tensor:
@@ -112,19 +115,27 @@ def length_mask(bit_list: Sequence[int], device, dtype) -> Tensor:
     return torch.stack([cols < b for b in bit_list]).to(dtype)
 
 
-def gradient_dots(G: Tensor, x: Tensor, mask: Tensor) -> Tensor:
-    """(K, K) d[i, j] = <g_i[:b_i rows], g_j[:b_i rows]> with g_k = G_k^T x, in one GEMM.
+def gradient_dots(G: Tensor, x: Tensor, mask: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(K, K) d[i, j] = <g_i[:b_i rows], g_j[:b_i rows]> with g_k = G_k^T x.
 
     G: (K, B, b_max) gradients w.r.t. the pre-activation; x: (B, in) the layer input;
-    mask: length_mask(bit_list). Masking the left factor to b_i columns restricts the dot.
+    mask: length_mask(bit_list). G_k is masked to its first b_k columns (O_k depends on
+    nothing else), so every dot is a full inner product <G_i, (X X^T) G_j>, and the
+    B x B Gram multiplies only the sum(b_k) nonzero columns.
     """
     k, batch, b_max = G.shape
     left = G * mask[:, None, :]
-    if batch <= k * b_max:  # via the B x B Gram of the input: <G_i, (X X^T) G_j>
-        right = ((x @ x.T) @ G.transpose(0, 1).reshape(batch, k * b_max)).view(batch, k, b_max).transpose(0, 1)
+    if batch <= sum(bit_list):  # via the B x B Gram of the input
+        packed = torch.cat([left[i, :, :b] for i, b in enumerate(bit_list)], dim=1)  # (B, sum b_k)
+        hp = (x @ x.T) @ packed
+        right = torch.zeros_like(left)
+        lo = 0
+        for i, b in enumerate(bit_list):
+            right[i, :, :b] = hp[:, lo:lo + b]
+            lo += b
         return left.reshape(k, -1) @ right.reshape(k, -1).T
-    g = G.transpose(1, 2) @ x  # (K, b_max, in): the weight gradients themselves (cheaper for huge B)
-    return (g * mask[:, :, None]).reshape(k, -1) @ g.reshape(k, -1).T
+    g = left.transpose(1, 2) @ x  # (K, b_max, in): the weight gradients themselves (cheaper for huge B)
+    return g.reshape(k, -1) @ g.reshape(k, -1).T
 
 
 def dominance_weights(dots: Tensor, beta: float, faithful: bool = False):
@@ -252,7 +263,7 @@ class NHLObjective(nn.Module):
             # the final loss through a value-neutral surrogate term below.
             u_acc = u.detach().to(acc)
             dist, normed, norms = cascade_distill_parts(u_acc, self.bit_list)
-            grad_d = cascade_distill_grad(u_acc, normed, norms, mask) if training else None
+            grad_d = cascade_distill_grad(u_acc, normed, norms, self.bit_list) if training else None
         else:
             dist, grad_d = losses.new_zeros(k - 1).detach(), None
         self.last_losses, self.last_distill = losses.detach(), dist
@@ -271,7 +282,7 @@ class NHLObjective(nn.Module):
                     G = G + self.distill * grad_d
                 if codes is not None:
                     G = relax_grad(G, codes.relax, codes.full, codes.pre)
-                dots = gradient_dots(G, inputs.to(acc), mask)
+                dots = gradient_dots(G, inputs.to(acc), mask, self.bit_list)
                 weights, conflicts = dominance_weights(dots, self.beta, self.faithful)
             self.last_conflicts, self.last_grad_dots = conflicts, dots
         else:
