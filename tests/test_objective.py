@@ -401,3 +401,19 @@ def test_registered_losses_weights_match_k_separate_backward_passes(name, faithf
     torch.testing.assert_close(obj.last_weights, k * w / w.sum(), rtol=1e-6, atol=0)
     if name == "csq":  # CSQ's lengths conflict on this batch (DSH's agree: weights 1, dots checked above)
         assert bool(obj.last_conflicts.any())
+
+
+def test_step_under_cpu_autocast():
+    net, layer, x, labels, idx = make_problem(1, dtype=torch.float32, relax="tanh")
+    obj = nf.NHLObjective("csq", BITS, distill=0.1, num_classes=N_CLASS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = layer(net(x))
+        loss = obj(codes, labels, idx)
+    assert codes.full.dtype == torch.bfloat16
+    loss.backward()
+    assert obj.last_weights.dtype == torch.float32 and torch.isfinite(obj.last_weights).all()
+    assert torch.isfinite(layer.weight.grad).all() and layer.weight.grad.abs().sum() > 0
+    # the weights agree with the float32 step up to bf16 rounding
+    ref = nf.NHLObjective("csq", BITS, distill=0.1, num_classes=N_CLASS)
+    ref(layer(net(x)), labels, idx)
+    torch.testing.assert_close(obj.last_weights, ref.last_weights, rtol=0.1, atol=0.05)
