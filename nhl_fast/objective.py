@@ -14,9 +14,11 @@ How it is computed. The reference runs K extra backward passes and reads W.grad 
 time. Here, with z = x W^T + b the pre-activation, g_k = G_k^T X where G_k = dO_k/dz
 (B x b_max), so
     <g_i[:b], g_j[:b]> = <G_i[:, :b], (X X^T) G_j[:, :b]>.
-All K matrices G_k come from ONE batched autograd call over the loss graph only
-(``is_grads_batched``: the backbone and the projection are never traversed), then one
-B x B Gram gives all K(K-1)/2 dots and K norms, on device, with no host sync.
+The K base-loss parts dL_k/dz come from ONE batched autograd call over the base-loss
+graph only (``is_grads_batched``: the backbone and the projection are never traversed;
+K passes over that graph if vmap cannot batch one of its ops), the distillation parts
+are closed-form (below); then one B x B Gram, applied to the sum(b_k) nonzero columns,
+gives all K(K-1)/2 dots and K norms, on device, with no host sync.
 When B > sum(b_k) the direct form g_k = G_k^T X is cheaper and is used instead.
 
 Distillation D_k (k < K): ||N(S_{k+1}) - N(S_k)||_F^2 / B^2 with S_k = u_k u_k^T,
