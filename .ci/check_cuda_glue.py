@@ -26,7 +26,7 @@ if CUDA_HOME is None:
 includes = include_paths() + [f"{CUDA_HOME}/include", sysconfig.get_paths()["include"], "csrc"]
 # The CPU wheel lacks c10/cuda/impl/cuda_cmake_macros.h (generated at torch's build; it only sets
 # export macros), hence C10_CUDA_NO_CMAKE_CONFIGURE_FILE.
-cmd = ["c++", "-std=c++17", "-fsyntax-only", "-DNHL_WITH_CUDA=1", "-DTORCH_EXTENSION_NAME=_C",
+cmd = ["c++", "-std=c++17", "-fsyntax-only", "-Wno-c++20-extensions", "-DNHL_WITH_CUDA=1", "-DTORCH_EXTENSION_NAME=_C",
        "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE"]
 cmd += [f"-I{p}" for p in includes] + ["csrc/cuda/ops_cuda.cpp"]
 print(" ".join(cmd[:7]), "... csrc/cuda/ops_cuda.cpp", flush=True)
