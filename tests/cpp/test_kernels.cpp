@@ -104,12 +104,15 @@ static void test_distances(std::mt19937_64& rng) {
       }
     // full matrix block (L, Q, N)
     const int Q = 7, N = 40;
-    std::vector<int32_t> out(bl.size() * Q * N, -1);
-    nhl::hamming_block_any(packed.data(), packed.data(), W, Q, N, plan, 0, Q, 0, N, out.data());
-    for (size_t l = 0; l < bl.size(); ++l)
-      for (int i = 0; i < Q; ++i)
-        for (int j = 0; j < N; ++j)
-          CHECK(out[(l * Q + i) * N + j] == brute_distance(codes[i], codes[j], static_cast<int>(bl[l])), "matrix");
+    for (int simd = 0; simd < 2; ++simd) {
+      std::vector<int32_t> out(bl.size() * Q * N, -1);
+      nhl::hamming_block_any(packed.data(), packed.data(), W, Q, N, plan, 0, Q, 0, N, out.data(), simd == 1);
+      for (size_t l = 0; l < bl.size(); ++l)
+        for (int i = 0; i < Q; ++i)
+          for (int j = 0; j < N; ++j)
+            CHECK(out[(l * Q + i) * N + j] == brute_distance(codes[i], codes[j], static_cast<int>(bl[l])),
+                  "matrix simd=%d b=%d", simd, (int)bl[l]);
+    }
   }
 }
 
