@@ -106,7 +106,8 @@ def main() -> None:
                     if m == "faiss":
                         ours = nf.topk(q, db, k, bits=(bits,))[0][0]
                         assert torch.equal(torch.from_numpy(out[0]).to(torch.int32), ours), "faiss distances differ"
-                for _ in range(repeat):  # interleaved, so load drift hits every method alike
+                runs = repeat if n >= 1_000_000 else 2 * repeat + 1  # cheap sizes: more runs, less noise
+                for _ in range(runs):  # interleaved, so load drift hits every method alike
                     for m, fn in methods.items():
                         times[m].append(timed(fn))
                 if not args.no_gemm:
