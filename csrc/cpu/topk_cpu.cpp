@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Te
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   int64_t parts = 1;
   if (Q < 2 * threads) parts = std::max<int64_t>(1, std::min((2 * threads + Q - 1) / Q, N / 16384));
-  const int64_t list_bytes = static_cast<int64_t>(L) * 2 * k * 12;
+  const int64_t list_bytes = static_cast<int64_t>(L) * (std::max<int64_t>(2 * k, k + 16) * 12 + (plan.max_bits() + 1) * 4);
   const int64_t qb_max = std::clamp<int64_t>((int64_t(4) << 20) / list_bytes, 1, 256);
   int64_t blocks = std::max((Q + qb_max - 1) / qb_max, (threads + parts - 1) / parts);
   blocks = std::min(blocks, Q);
