@@ -37,8 +37,14 @@ def bit_lengths(bits: Optional[Iterable[int]], words: int, name: str = "bits") -
     if bits is None:
         fit = tuple(b for b in STANDARD_BITS if b <= 64 * words)
         return fit if fit else (64 * words,)
-    if isinstance(bits, int):
-        bits = (bits,)
+    bits = increasing_lengths((bits,) if isinstance(bits, int) else bits, name)
+    if bits[-1] > 64 * words:
+        raise ValueError(f"{name}={bits}: every length must be in [1, {64 * words}] (64 x {words} words)")
+    return bits
+
+
+def increasing_lengths(bits, name: str = "bit_list") -> tuple[int, ...]:
+    """A non-empty, strictly increasing sequence of code lengths >= 1 (each code a prefix of the next)."""
     try:
         bits = tuple(bits)
     except TypeError:
@@ -48,10 +54,10 @@ def bit_lengths(bits: Optional[Iterable[int]], words: int, name: str = "bits") -
     for b in bits:
         if isinstance(b, bool) or not isinstance(b, int):
             raise TypeError(f"{name} must contain ints, got {b!r}")
-    if any(b < 1 or b > 64 * words for b in bits):
-        raise ValueError(f"{name}={bits}: every length must be in [1, {64 * words}] (64 x {words} words)")
+    if bits[0] < 1:
+        raise ValueError(f"{name}={bits}: every length must be >= 1")
     if any(a >= b for a, b in zip(bits, bits[1:])):
-        raise ValueError(f"{name}={bits} must be strictly increasing")
+        raise ValueError(f"{name}={bits} must be strictly increasing (each code is a prefix of the next)")
     return bits
 
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from nhl_fast import reference
+from nhl_fast import _checks, reference
 from nhl_fast._dispatch import choose
 from nhl_fast.reference import RELAXES
 
@@ -64,20 +64,7 @@ def nested_codes(full: Tensor, pre: Tensor, x: Tensor, relax: str, bit_list: Seq
 
 def check_bit_list(bit_list, name: str = "bit_list") -> tuple[int, ...]:
     """Strictly increasing positive ints (any lengths, not only powers of two)."""
-    try:
-        bits = tuple(bit_list)
-    except TypeError:
-        raise TypeError(f"{name} must be a sequence of ints, got {type(bit_list).__name__}") from None
-    if not bits:
-        raise ValueError(f"{name} must not be empty")
-    for b in bits:
-        if isinstance(b, bool) or not isinstance(b, int):
-            raise TypeError(f"{name} must contain ints, got {b!r}")
-    if bits[0] < 1:
-        raise ValueError(f"{name}={bits}: code lengths must be >= 1")
-    if any(a >= b for a, b in zip(bits, bits[1:])):
-        raise ValueError(f"{name}={bits} must be strictly increasing (each code is a prefix of the next)")
-    return bits
+    return _checks.increasing_lengths(bit_list, name)
 
 
 class NestedHashLayer(nn.Module):

@@ -4,23 +4,9 @@
 #include <torch/library.h>
 
 #include "kernels/bits.h"
+#include "cpu/pack_rows.h"
 
 namespace nhl {
-
-template <typename scalar_t>
-static void pack_rows(const scalar_t* codes, int64_t n, int64_t bits, int64_t words, uint64_t* out) {
-  at::parallel_for(0, n, 1024, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const scalar_t* row = codes + i * bits;
-      for (int64_t w = 0; w < words; ++w) {
-        const int64_t lo = w * 64, hi = std::min<int64_t>(bits, lo + 64);
-        uint64_t word = 0;
-        for (int64_t j = lo; j < hi; ++j) word |= uint64_t(row[j] > scalar_t(0)) << (j - lo);
-        out[i * words + w] = word;
-      }
-    }
-  });
-}
 
 at::Tensor pack_cpu(const at::Tensor& codes_in) {
   TORCH_CHECK(codes_in.dim() == 2, "pack: codes must be 2-D (N, bits)");
