@@ -14,6 +14,9 @@ TORCH_LIBRARY(nhl_fast, m) {
   m.def("unpack(Tensor packed, int bits) -> Tensor");
   m.def("hamming(Tensor q, Tensor db, int[] bits) -> Tensor");
   m.def("topk(Tensor q, Tensor db, int k, int[] bits) -> (Tensor, Tensor)");
+  // --- metrics: relevance histograms per distance, index-ordered AP (csrc/*/distance_histogram_*, index_ap_*) ---
+  m.def("distance_histogram(Tensor q, Tensor db, Tensor q_labels, Tensor db_labels, int[] bits) -> (Tensor, Tensor)");
+  m.def("index_ap(Tensor q, Tensor db, Tensor q_labels, Tensor db_labels, int[] bits, int? topk) -> (Tensor, Tensor)");
 }
 
 namespace {

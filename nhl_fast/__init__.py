@@ -4,3 +4,14 @@ from nhl_fast.engine import hamming, pack, topk, unpack
 
 __all__ = ["pack", "unpack", "hamming", "topk", "build_info", "BackendUnavailable"]
 __version__ = "0.1.0"
+
+# --- metrics ---
+from nhl_fast.metrics import (  # noqa: E402
+    mean_average_precision,
+    precision_at_k,
+    precision_at_radius,
+    precision_recall_curve,
+    recall_at_k,
+)
+
+__all__ += ["mean_average_precision", "precision_at_radius", "precision_recall_curve", "precision_at_k", "recall_at_k"]
