@@ -27,7 +27,9 @@ std::tuple<at::Tensor, at::Tensor> distance_histogram_cpu(const at::Tensor& q_in
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t q0 = b * qb;
       const int n_here = int(std::min<int64_t>(qb, nq - q0));
-      dispatch_label_words(p.label_words, [&](auto lw) { histogram_block<decltype(lw)::value>(p, q0, n_here, hist.data()); });
+      dispatch_lengths_labels(bits, p.words, p.label_words, [&](auto plan, auto lw) {
+        histogram_block<typename decltype(plan)::type, decltype(lw)::value>(p, q0, n_here, hist.data());
+      });
       for (int qq = 0; qq < n_here; ++qq)
         for (int64_t l = 0; l < L; ++l) {
           const uint64_t* h = hist.data() + int64_t(qq) * p.bins + tables.offset[l];

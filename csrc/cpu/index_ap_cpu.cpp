@@ -1,7 +1,7 @@
 // index_ap: per-query AP (L, Q) float64 and hits (L, Q) int64 with ties broken by database index
-// (the classic per-query loop with a stable sort), without sorting: per block of queries, pass 1
-// builds the relevance histograms, pass 2 re-walks the database in index order to give every
-// relevant item its exact rank (kernels/ap_block_cpu.h). Both passes cover all lengths at once.
+// (the classic per-query loop with a stable sort), without sorting: per block of queries, one pass
+// builds the relevance histograms and logs the in-bin position of every relevant item, then the
+// exact ranks follow from the cumulative counts (kernels/ap_block_cpu.h). All lengths at once.
 #include <ATen/Parallel.h>
 #include <torch/all.h>
 #include <torch/library.h>
@@ -29,29 +29,17 @@ std::tuple<at::Tensor, at::Tensor> index_ap_cpu(const at::Tensor& q_in, const at
   const int64_t blocks = (nq + qb - 1) / qb;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<uint64_t> hist(size_t(qb) * p.bins);
+    const int64_t cap = std::min<int64_t>(kApRecordCap, int64_t(qb) * L * p.n);  // never more than one per (query, length, item)
+    std::vector<uint64_t> records(static_cast<size_t>(cap));
     std::vector<int> cut(size_t(qb) * L);
     std::vector<double> acc(size_t(qb) * L);
     std::vector<int64_t> found(size_t(qb) * L);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t q0 = b * qb;
       const int n_here = int(std::min<int64_t>(qb, nq - q0));
-      dispatch_label_words(p.label_words, [&](auto lw) {
-        constexpr int LW = decltype(lw)::value;
-        histogram_block<LW>(p, q0, n_here, hist.data());
-        bool any_relevant = false;
-        for (int qq = 0; qq < n_here; ++qq)
-          for (int l = 0; l < L; ++l) {
-            uint64_t rel_total = 0;
-            cut[qq * L + l] = histogram_to_base(hist.data() + int64_t(qq) * p.bins + tables.offset[l], int(bits[l]) + 1,
-                                                k, &rel_total);
-            any_relevant |= rel_total > 0;
-          }
-        if (!any_relevant) {  // AP is 0 for every query of the block: skip the second pass
-          std::fill(acc.begin(), acc.end(), 0.0);
-          std::fill(found.begin(), found.end(), int64_t(0));
-          return;
-        }
-        rank_block<LW>(p, q0, n_here, hist.data(), cut.data(), k, acc.data(), found.data());
+      dispatch_lengths_labels(bits, p.words, p.label_words, [&](auto plan, auto lw) {
+        index_ap_block<typename decltype(plan)::type, decltype(lw)::value>(p, q0, n_here, k, hist.data(), records.data(), cap, cut.data(),
+                                                                 acc.data(), found.data());
       });
       for (int qq = 0; qq < n_here; ++qq)
         for (int l = 0; l < L; ++l) {

@@ -21,7 +21,8 @@ inline void check_metric_inputs(const char* op, const at::Tensor& q, const at::T
                                 const at::Tensor& db_labels, at::IntArrayRef bits) {
   TORCH_CHECK(q.dim() == 2 && db.dim() == 2 && q.scalar_type() == at::kLong && db.scalar_type() == at::kLong, op,
               ": q and db must be 2-D int64 packed codes");
-  TORCH_CHECK(q.size(1) == db.size(1) && q.size(1) >= 1, op, ": q and db must have the same number (>= 1) of words");
+  TORCH_CHECK(q.size(1) == db.size(1) && q.size(1) >= 1 && q.size(1) <= 64, op,
+              ": q and db must have the same number of words, 1 to 64 (codes of up to 4096 bits)");
   TORCH_CHECK(q_labels.scalar_type() == at::kLong && db_labels.scalar_type() == at::kLong, op,
               ": labels must be int64 (class indices or packed bitmasks)");
   TORCH_CHECK(q_labels.dim() == db_labels.dim() && (q_labels.dim() == 1 || q_labels.dim() == 2), op,
@@ -67,14 +68,36 @@ inline ApProblem cpu_problem(const at::Tensor& q, const at::Tensor& db, const at
   return p;
 }
 
-// f(std::integral_constant<int, LW>) with LW the compile-time label layout of relevant_t.
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+
+// f(TypeTag<D>, std::integral_constant<int, LW>): the distance policy of kernels/ap_block_cpu.h
+// (a compile-time specialisation for the common length sets, else by word count) and the label
+// layout of relevant_t, so the hot loops of the common shapes are fully unrolled.
 template <class F>
-void dispatch_label_words(int label_words, F&& f) {
-  switch (label_words) {
-    case 0: f(std::integral_constant<int, 0>()); break;
-    case 1: f(std::integral_constant<int, 1>()); break;
-    case 2: f(std::integral_constant<int, 2>()); break;
-    default: f(std::integral_constant<int, -1>()); break;
+void dispatch_lengths_labels(at::IntArrayRef bits, int words, int label_words, F&& f) {
+  auto labels = [&](auto plan) {
+    switch (label_words) {
+      case 0: f(plan, std::integral_constant<int, 0>()); break;
+      case 1: f(plan, std::integral_constant<int, 1>()); break;
+      case 2: f(plan, std::integral_constant<int, 2>()); break;
+      default: f(plan, std::integral_constant<int, -1>()); break;
+    }
+  };
+  const int64_t* b = bits.data();
+  const int L = int(bits.size());
+  if (FixedLengths<8, 16, 32, 64, 128>::matches(b, L, words)) return labels(TypeTag<FixedLengths<8, 16, 32, 64, 128>>());
+  if (FixedLengths<8, 16, 32, 64>::matches(b, L, words)) return labels(TypeTag<FixedLengths<8, 16, 32, 64>>());
+  if (FixedLengths<16, 32, 64, 128>::matches(b, L, words)) return labels(TypeTag<FixedLengths<16, 32, 64, 128>>());
+  if (FixedLengths<16, 32, 48, 64>::matches(b, L, words)) return labels(TypeTag<FixedLengths<16, 32, 48, 64>>());
+  if (FixedLengths<12, 24, 32, 48>::matches(b, L, words)) return labels(TypeTag<FixedLengths<12, 24, 32, 48>>());
+  switch (words) {
+    case 1: return labels(TypeTag<AnyLengths<1>>());
+    case 2: return labels(TypeTag<AnyLengths<2>>());
+    case 4: return labels(TypeTag<AnyLengths<4>>());
+    default: return labels(TypeTag<AnyLengths<0>>());
   }
 }
 
