@@ -157,21 +157,37 @@ def tie_aware_ap(tot: torch.Tensor, rel: torch.Tensor, topk: Optional[int] = Non
     m = topk - nb
     s1, s2 = _bin_sums(nb, m)
     flat = [t.reshape(-1) for t in (n, r, nb, rb, m, s1, s2, s_full)]
-    out = torch.empty_like(flat[0])
-    x_max = int(torch.minimum(flat[1], flat[4]).max().item()) if out.numel() else 0
-    xs = torch.arange(x_max + 1, dtype=torch.float64, device=tot.device)
-    step = max(1, _CHUNK // (x_max + 1))
-    for s in range(0, out.numel(), step):
-        n_, r_, nb_, rb_, m_, s1_, s2_, sf_ = (t[s:s + step, None] for t in flat)
-        ok = (xs <= r_) & (xs <= m_) & (m_ - xs <= n_ - r_)
-        x = torch.where(ok, xs, 0.0)
-        log_p = _log_choose(r_, x) + _log_choose(n_ - r_, (m_ - x).clamp(min=0)) - _log_choose(n_, m_)
-        p = torch.where(ok, torch.exp(log_p), 0.0)
+    n, r, nb, rb, m, s1, s2, s_full = flat
+
+    def value(x, rows=slice(None)):  # (S_full + E[T | X = x]) / (R_<d* + x), 0 when nothing relevant is kept
+        m_, rb_ = m[rows, None], rb[rows, None]
         frac = torch.where(m_ > 1, (x - 1) / (m_ - 1).clamp(min=1), 0.0)
-        t = x / m_ * ((rb_ + 1) * s1_ + frac * s2_)
+        t = x / m_ * ((rb_ + 1) * s1[rows, None] + frac * s2[rows, None])
         denom = rb_ + x
-        out[s:s + step] = (p * torch.where(denom > 0, (sf_ + t) / denom.clamp(min=1), 0.0)).sum(-1)
-    return out.view(n.shape)
+        return torch.where(denom > 0, (s_full[rows, None] + t) / denom.clamp(min=1), 0.0)
+
+    # X is a constant when the cut takes the whole bin, the bin is all relevant or none of it is.
+    fixed = torch.where(m == n, r, torch.where(r == n, m, torch.zeros_like(r)))
+    out = value(fixed[:, None])[:, 0]
+    random = ((r > 0) & (r < n) & (m < n)).nonzero().squeeze(1)
+    if random.numel():
+        lo = (m[random] - (n[random] - r[random])).clamp(min=0)
+        width = torch.minimum(r[random], m[random]) - lo + 1
+        js = torch.arange(int(width.max().item()), dtype=torch.float64, device=tot.device)
+        step = max(1, _CHUNK // js.numel())
+        for s in range(0, random.numel(), step):
+            rows = random[s:s + step]
+            n_, r_, m_ = n[rows, None], r[rows, None], m[rows, None]
+            x = lo[s:s + step, None] + js
+            ok = js < width[s:s + step, None]
+            x = torch.where(ok, x, lo[s:s + step, None])
+            # log P(X = x) = log C(r, x) + log C(n - r, m - x) - log C(n, m); the x-only terms are 2-D
+            log_p = (torch.lgamma(r_ + 1) + torch.lgamma(n_ - r_ + 1) - _log_choose(n_, m_)
+                     - torch.lgamma(x + 1) - torch.lgamma(r_ - x + 1) - torch.lgamma(m_ - x + 1)
+                     - torch.lgamma(n_ - r_ - m_ + x + 1))
+            p = torch.where(ok, torch.exp(log_p), 0.0)
+            out[rows] = (p * value(x, rows)).sum(-1)
+    return out.view(dstar.shape[:-1])
 
 
 def _expected_hits(tot: torch.Tensor, rel: torch.Tensor, k: int) -> torch.Tensor:
