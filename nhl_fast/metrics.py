@@ -12,9 +12,12 @@ Nothing Q x N is ever built and the database is never sorted. Two kernels do the
   holds; so after the histogram pass a second pass in index order gives every relevant item its
   exact rank ``N_<d + p`` and relevant-rank ``R_<d + j``. Exact, not an approximation.
 
-Working set of the C++ kernel: per thread, a block of <= 8 queries times ``sum_l (bits[l] + 1)``
-64-bit bins (2 KiB per query for 8..128 bits) plus a 512-item tile of the database; the outputs
-are (L, Q[, max(bits) + 1]). The torch reference bounds its (L, chunk, N) distance tensors to 4M
+Working set of the C++ kernel, per thread: a block of <= 8 queries times ``sum_l (bits[l] + 1)``
+64-bit bins (2 KiB per query for 8..128 bits; the block shrinks to keep this <= 16 KiB), a
+512-item tile of the database, and for ``index_ap`` a log of at most 2^20 relevant-item records
+(8 MiB; a block that would overflow it re-walks the database instead). Outputs are
+(L, Q[, max(bits) + 1]); nothing grows with Q x N. CUDA: one warp per query, its histograms in
+shared memory (or a (Q, bins) global scratch when they exceed 24 KiB per query). The torch reference bounds its (L, chunk, N) distance tensors to 4M
 elements; tie-aware AP@k bounds its (rows, k) hypergeometric tensors the same way.
 
 Relevance: class indices (1-D integer tensors: equal labels are relevant) or multi-hot matrices

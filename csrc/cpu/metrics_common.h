@@ -120,6 +120,9 @@ void parallel_blocks(int64_t blocks, MakeState&& make_state, Task&& task) {
 }
 
 // Queries per block: histograms of a block stay within ~16 KiB (L1), at most 8 queries.
-inline int queries_per_block(int bins) { return std::max(1, std::min(8, (16 << 10) / (bins * 8))); }
+inline int queries_per_block(int bins) {
+  static_assert(8 <= kApMaxBlock, "a record holds the query of a block in 4 bits");
+  return std::max(1, std::min(8, (16 << 10) / (bins * 8)));
+}
 
 }  // namespace nhl

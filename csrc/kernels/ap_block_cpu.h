@@ -8,8 +8,9 @@
 // record (query, bin, p); once the histograms are complete, rank = N_<d + p and relevant-rank =
 // R_<d + j (j counted by replaying the records in index order). Records cost memory only for
 // relevant items; a block whose records overflow the buffer re-walks the database instead
-// (rank_block), so the working set stays bounded:
-//   per thread: nq * bins * 8 B of histograms (bins = sum_l (bits[l] + 1); <= 16 KiB)
+// (scan mode 2), so the working set stays bounded:
+//   per thread: nq * bins * 8 B of histograms (bins = sum_l (bits[l] + 1); nq chosen so this is
+//               <= 16 KiB, or one query's bins when those alone are larger)
 //               + kApRecordCap * 8 B of records (8 MiB) + one tile of codes and labels.
 #pragma once
 #include <algorithm>
@@ -23,7 +24,7 @@ namespace nhl {
 
 constexpr int64_t kApTile = 512;
 constexpr int kApMaxLengths = 64;
-constexpr int kApMaxBlock = 16;                  // queries per block (4 bits of a record)
+constexpr int kApMaxBlock = 16;                  // queries per block: 4 bits of a record hold the query
 constexpr int64_t kApRecordCap = int64_t(1) << 20;  // records per thread
 
 struct ApProblem {
