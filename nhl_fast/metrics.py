@@ -35,7 +35,7 @@ from nhl_fast._dispatch import choose, op
 TIES = ("index", "average")
 REDUCTIONS = ("mean", "none")
 _MAX_LENGTHS = 64
-_CHUNK = 1 << 22  # elements per temporary tensor of the closed forms below
+_CHUNK = 1 << 22  # elements per temporary tensor (label packing)
 
 
 # ---------------------------------------------------------------- argument checks
@@ -114,83 +114,16 @@ def _histograms(q, db, ql, dl, bits, backend):
 # ---------------------------------------------------------------- closed forms on the histograms
 
 
-def _bin_sums(n_below: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """S1 = sum_{i=1..n} 1/(N+i) and S2 = sum_{i=1..n} (i-1)/(N+i) for N = n_below (float64)."""
-    s1 = torch.special.digamma(n_below + n + 1) - torch.special.digamma(n_below + 1)
-    return s1, n - (n_below + 1) * s1
+def tie_aware_ap(tot: torch.Tensor, rel: torch.Tensor, topk: Optional[int] = None, *,
+                 backend: Optional[str] = None) -> torch.Tensor:
+    """Tie-aware AP (L, Q) float64 from the histograms of ``distance_histogram`` (see
+    ``reference.tie_ap`` for the closed forms). The C++ op does one row per (length, query); other
+    backends run the reference's O(L Q B) tensor ops on the histograms' device."""
+    if choose(backend, tot.device) == "cpp":
+        return op("tie_ap", "cpp")(tot, rel, topk)
+    from nhl_fast import reference
 
-
-def _expected_bin_precision(n_below, r_below, n, r):
-    """E[sum of the precisions of the relevant items of a bin] over random orders inside it.
-
-    Position i of the bin is relevant with probability r/n; given that, the bin holds on average
-    1 + (i-1)(r-1)/(n-1) relevant items up to i, so precision = (R_<d + that) / (N_<d + i).
-    """
-    s1, s2 = _bin_sums(n_below, n)
-    frac = torch.where(n > 1, (r - 1) / (n - 1).clamp(min=1), torch.zeros_like(n))
-    return torch.where(n > 0, r / n.clamp(min=1) * ((r_below + 1) * s1 + frac * s2), torch.zeros_like(n))
-
-
-def _log_choose(a, b):
-    return torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)
-
-
-def tie_aware_ap(tot: torch.Tensor, rel: torch.Tensor, topk: Optional[int] = None) -> torch.Tensor:
-    """Tie-aware AP (L, Q) float64 from histograms: the exact expectation over uniformly random
-    orders of the items inside every distance bin (McFee & Lanckriet 2010; He et al. CVPR 2018).
-
-    topk: AP@k normalised by the relevant items within the top k (0 if none). The bin d* that
-    straddles position k gives m = k - N_<d* of its n items; the relevant count X among them is
-    hypergeometric(n, r, m) and, given X = x, its relevant items are uniform over the m slots, so
-    E[AP@k] = sum_x P(X = x) (S_full + T(x)) / (R_<d* + x), S_full the expected precision sum of
-    the bins before d* (independent of X), T(x) that of the straddling part.
-    """
-    tot, rel = tot.double(), rel.double()
-    n_le, r_le = tot.cumsum(-1), rel.cumsum(-1)
-    n_below, r_below = n_le - tot, r_le - rel
-    per_bin = _expected_bin_precision(n_below, r_below, tot, rel)
-    if topk is None:
-        r_all = r_le[..., -1]
-        return torch.where(r_all > 0, per_bin.sum(-1) / r_all.clamp(min=1), torch.zeros_like(r_all))
-    # d*: the first bin whose cumulative count reaches k (exists: k <= N).
-    dstar = (n_le < topk).sum(-1, keepdim=True)
-    s_full = torch.where(torch.arange(tot.shape[-1], device=tot.device) < dstar, per_bin, 0.0).sum(-1)
-    take = lambda t: t.gather(-1, dstar).squeeze(-1)  # noqa: E731
-    n, r, nb, rb = take(tot), take(rel), take(n_below), take(r_below)
-    m = topk - nb
-    s1, s2 = _bin_sums(nb, m)
-    flat = [t.reshape(-1) for t in (n, r, nb, rb, m, s1, s2, s_full)]
-    n, r, nb, rb, m, s1, s2, s_full = flat
-
-    def value(x, rows=slice(None)):  # (S_full + E[T | X = x]) / (R_<d* + x), 0 when nothing relevant is kept
-        m_, rb_ = m[rows, None], rb[rows, None]
-        frac = torch.where(m_ > 1, (x - 1) / (m_ - 1).clamp(min=1), 0.0)
-        t = x / m_ * ((rb_ + 1) * s1[rows, None] + frac * s2[rows, None])
-        denom = rb_ + x
-        return torch.where(denom > 0, (s_full[rows, None] + t) / denom.clamp(min=1), 0.0)
-
-    # X is a constant when the cut takes the whole bin, the bin is all relevant or none of it is.
-    fixed = torch.where(m == n, r, torch.where(r == n, m, torch.zeros_like(r)))
-    out = value(fixed[:, None])[:, 0]
-    random = ((r > 0) & (r < n) & (m < n)).nonzero().squeeze(1)
-    if random.numel():
-        lo = (m[random] - (n[random] - r[random])).clamp(min=0)
-        width = torch.minimum(r[random], m[random]) - lo + 1
-        js = torch.arange(int(width.max().item()), dtype=torch.float64, device=tot.device)
-        step = max(1, _CHUNK // js.numel())
-        for s in range(0, random.numel(), step):
-            rows = random[s:s + step]
-            n_, r_, m_ = n[rows, None], r[rows, None], m[rows, None]
-            x = lo[s:s + step, None] + js
-            ok = js < width[s:s + step, None]
-            x = torch.where(ok, x, lo[s:s + step, None])
-            # log P(X = x) = log C(r, x) + log C(n - r, m - x) - log C(n, m); the x-only terms are 2-D
-            log_p = (torch.lgamma(r_ + 1) + torch.lgamma(n_ - r_ + 1) - _log_choose(n_, m_)
-                     - torch.lgamma(x + 1) - torch.lgamma(r_ - x + 1) - torch.lgamma(m_ - x + 1)
-                     - torch.lgamma(n_ - r_ - m_ + x + 1))
-            p = torch.where(ok, torch.exp(log_p), 0.0)
-            out[rows] = (p * value(x, rows)).sum(-1)
-    return out.view(dstar.shape[:-1])
+    return reference.tie_ap(tot, rel, topk)
 
 
 def _expected_hits(tot: torch.Tensor, rel: torch.Tensor, k: int) -> torch.Tensor:
@@ -226,7 +159,7 @@ def mean_average_precision(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Te
     if ties == "index":
         ap, _ = op("index_ap", choose(backend, q.device))(q, db, ql, dl, bits, topk)
     else:
-        ap = tie_aware_ap(*_histograms(q, db, ql, dl, bits, backend), topk)
+        ap = tie_aware_ap(*_histograms(q, db, ql, dl, bits, backend), topk, backend=backend)
     return _reduce(ap, reduction)
 
 

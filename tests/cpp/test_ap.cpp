@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/ap_block_cpu.h"
+#include "kernels/tie_ap.h"
 
 using namespace nhl;
 
@@ -76,7 +77,38 @@ static void check_problem(std::mt19937_64& g, int words, std::vector<int64_t> bi
     }
 }
 
+// tie_aware_ap_row vs the average over every order of the items inside each distance bin
+// (dist must be non-decreasing in the index, so the sorted start is the first permutation).
+static void check_tie_aware(const std::vector<int>& dist, const std::vector<int>& rel, int bins) {
+  const int n = int(dist.size());
+  std::vector<int64_t> tot(bins, 0), rl(bins, 0);
+  for (int i = 0; i < n; ++i) tot[dist[i]]++, rl[dist[i]] += rel[i];
+  for (int64_t k = 0; k <= n; ++k) {  // k = 0: full ranking
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    auto by_dist = [&](int a, int b) { return dist[a] < dist[b] || (dist[a] == dist[b] && a < b); };
+    std::sort(order.begin(), order.end(), by_dist);
+    double total = 0;
+    long count = 0;
+    do {  // permutations of `order` that stay sorted by distance = all tie orders
+      bool sorted = true;
+      for (int i = 1; i < n && sorted; ++i) sorted = dist[order[i - 1]] <= dist[order[i]];
+      if (!sorted) continue;
+      double sum = 0;
+      int found = 0;
+      for (int r = 0; r < (k ? k : n); ++r)
+        if (rel[order[r]]) sum += double(++found) / double(r + 1);
+      total += found ? sum / found : 0.0;
+      ++count;
+    } while (std::next_permutation(order.begin(), order.end()));
+    const double got = tie_aware_ap_row(tot.data(), rl.data(), bins, k);
+    CHECK(std::fabs(got - total / count) < 1e-12, "tie-aware k=%lld: %.15f vs %.15f", (long long)k, got, total / count);
+  }
+}
+
 int main() {
+  check_tie_aware({0, 1, 1, 1, 2, 2, 2, 2}, {1, 0, 1, 1, 0, 1, 0, 0}, 3);
+  check_tie_aware({1, 1, 1, 1, 1, 1, 1}, {0, 1, 1, 0, 1, 0, 0}, 2);
   std::mt19937_64 g(7);
   for (uint64_t k : {uint64_t(1), uint64_t(10), uint64_t(300)}) {
     for (int64_t cap : {int64_t(1) << 20, int64_t(3)}) {  // a tiny record log forces the second walk
