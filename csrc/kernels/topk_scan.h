@@ -1,0 +1,225 @@
+// Torch-free exact multi-length top-k scan (CPU): queries [q0, q1) against database rows
+// [n0, n1), every length at once, leaving each (query, length) list with its best
+// min(k, n1 - n0) candidates in CandidateLists (in index order; emit_sorted orders them).
+//
+// One pass over the database in tiles that stay in L1 while every query of the block passes
+// over them. Per (query, length) a threshold (the k-th best distance so far) filters items;
+// the few that pass go to a bounded candidate list cut back by counting selection
+// (topk_select.h). Memory: the lists (O(queries * L * k)) plus one tile; never Q x N.
+// 64/128-bit codes on AVX2 use the nibble filter (nibble_avx2.h: 32 codes per step, all
+// lengths in registers); other widths use the scalar popcount path.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "kernels/hamming.h"
+#include "kernels/nibble_avx2.h"
+#include "kernels/topk_select.h"
+
+namespace nhl {
+
+struct TopkScanArgs {
+  const uint64_t* q;   // (Q, W) words
+  const uint64_t* db;  // (N, W) words
+  int64_t W;
+  const LengthPlan* plan;
+  // Warm start (AVX2 path): with at least `sample_min_rows` rows, first scan every
+  // `sample_every`-th group of 32 codes for starting thresholds (0 disables; tests lower these).
+  int64_t sample_min_rows = 32768;
+  int64_t sample_every = 64;
+  double sample_margin = 1.5;  // the sample's threshold should admit ~margin * k codes overall
+};
+
+// Offer database row j to every length of list block `qi` (distances recomputed exactly).
+// Returns the mask of lengths whose threshold dropped. Branch-free test of all lengths first:
+// which lengths accept is data-dependent, so per-length branches would mispredict. L <= 64.
+template <int WU>
+inline uint64_t offer_row(const TopkScanArgs& a, const uint64_t* qrow, int64_t j, int64_t qi, CandidateLists& lists,
+                          int32_t* dist) {
+  distances<WU>(qrow, a.db + j * a.W, *a.plan, dist);
+  const int L = lists.L;
+  const int32_t* th = lists.thresh.data() + qi * L;
+  uint64_t pass = 0, lowered = 0;
+  for (int l = 0; l < L; ++l) pass |= uint64_t(dist[l] < th[l]) << l;
+  while (pass) {
+    const int l = __builtin_ctzll(pass);
+    pass &= pass - 1;
+    lowered |= uint64_t(lists.accept(qi * L + l, dist[l], j)) << l;
+  }
+  return lowered;
+}
+
+template <int WU>
+inline void topk_scan_scalar(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_t n0, int64_t n1,
+                             CandidateLists& lists) {
+  constexpr int64_t kTile = 2048;
+  const int L = lists.L;
+  std::vector<int32_t> dist(L);
+  for (int64_t t0 = n0; t0 < n1; t0 += kTile) {
+    const int64_t t1 = std::min(n1, t0 + kTile);
+    for (int64_t i = q0; i < q1; ++i) {
+      const uint64_t* qrow = a.q + i * a.W;
+      const int32_t* th = lists.thresh.data() + (i - q0) * L;
+      for (int64_t j = t0; j < t1; ++j) {
+        distances<WU>(qrow, a.db + j * a.W, *a.plan, dist.data());
+        for (int l = 0; l < L; ++l)
+          if (dist[l] < th[l]) lists.push((i - q0) * L + l, dist[l], j);
+      }
+    }
+  }
+}
+
+#if defined(__AVX2__)
+// The AVX2 scan over nibble-transposed tiles of up to kGroups groups of 32 codes. A tile's groups
+// are given by their first row and size, so the same code scans contiguous tiles and samples.
+template <int WU>
+struct NibbleScan {
+  static constexpr int U = 16 * WU;
+  static constexpr int kGroups = 16;  // 512 codes per tile: 16 KiB (128-bit) of transposed nibbles
+  const TopkScanArgs& a;
+  const avx2::UnitPlan& up;
+  int64_t q0, nq;
+  int L;
+  std::vector<uint8_t> tile_raw, thr_raw;
+  uint8_t *tile, *thr;  // 32-byte aligned
+  std::vector<avx2::QueryTables<WU>> qt;
+  std::vector<int32_t> dist;
+  int64_t first[kGroups];
+  int size[kGroups];
+
+  static uint8_t* align32(std::vector<uint8_t>& v) {
+    return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 31) & ~uintptr_t(31));
+  }
+  NibbleScan(const TopkScanArgs& args, const avx2::UnitPlan& plan, int64_t q0_, int64_t q1, int L_)
+      : a(args), up(plan), q0(q0_), nq(q1 - q0_), L(L_), tile_raw(kGroups * U * avx2::kLanes + 32),
+        thr_raw(nq * L * avx2::kLanes + 32), qt(nq), dist(L) {
+    tile = align32(tile_raw);
+    thr = align32(thr_raw);
+    for (int64_t qi = 0; qi < nq; ++qi) qt[qi].init(a.q + (q0 + qi) * a.W, up);
+  }
+
+  // Per query: uint8 thresholds broadcast to 32 lanes (refreshed when a list's threshold drops).
+  void refresh(const CandidateLists& lists, int64_t qi, uint64_t which) {
+    for (; which; which &= which - 1) {
+      const int l = __builtin_ctzll(which);
+      std::memset(thr + (qi * L + l) * avx2::kLanes, std::min(lists.thresh[qi * L + l], 255), avx2::kLanes);
+    }
+  }
+  void refresh_all(const CandidateLists& lists) {
+    for (int64_t qi = 0; qi < nq; ++qi) refresh(lists, qi, L == 64 ? ~uint64_t(0) : (uint64_t(1) << L) - 1);
+  }
+
+  // Scan the groups first[0..groups) for queries [qa, qb) of the block.
+  void scan_tile(int64_t groups, int64_t qa, int64_t qb, CandidateLists& lists) {
+    using avx2::kLanes;
+    for (int64_t g = 0; g < groups; ++g) avx2::transpose_group<WU>(a.db + first[g] * a.W, a.W, size[g], tile + g * U * kLanes);
+    for (int64_t qi = qa; qi < qb; ++qi) {
+      const uint64_t* qrow = a.q + (q0 + qi) * a.W;
+      const uint8_t* qthr = thr + qi * L * kLanes;
+      for (int64_t g = 0; g < groups; g += 2) {  // two groups per step; a lone last group pairs with itself
+        const int64_t g1 = std::min(g + 1, groups - 1);
+        uint64_t hits = avx2::filter_two_groups<WU>(tile + g * U * kLanes, tile + g1 * U * kLanes, qt[qi], up, qthr);
+        if (!hits) continue;
+        const uint64_t m0 = size[g] == kLanes ? 0xFFFFFFFFull : (uint64_t(1) << size[g]) - 1;
+        const uint64_t m1 = g1 == g ? 0 : size[g1] == kLanes ? 0xFFFFFFFFull : (uint64_t(1) << size[g1]) - 1;
+        hits &= m0 | (m1 << 32);
+        uint64_t lowered = 0;
+        while (hits) {
+          const int lane = __builtin_ctzll(hits);
+          hits &= hits - 1;
+          const int64_t row = lane < kLanes ? first[g] + lane : first[g1] + lane - kLanes;
+          lowered |= offer_row<WU>(a, qrow, row, qi, lists, dist.data());
+        }
+        if (lowered) refresh(lists, qi, lowered);
+      }
+    }
+  }
+
+  // Rows [n0, n1) in order, for queries [qa, qb).
+  void scan_rows(int64_t n0, int64_t n1, int64_t qa, int64_t qb, CandidateLists& lists) {
+    for (int64_t t0 = n0; t0 < n1;) {
+      int64_t groups = 0;
+      for (; groups < kGroups && t0 < n1; ++groups, t0 += avx2::kLanes) {
+        first[groups] = t0;
+        size[groups] = static_cast<int>(std::min<int64_t>(avx2::kLanes, n1 - t0));
+      }
+      scan_tile(groups, qa, qb, lists);
+    }
+  }
+
+  // Every `every`-th group of 32 rows of [n0, n1) (whole groups only), all queries.
+  void scan_sample(int64_t n0, int64_t n1, int64_t every, CandidateLists& lists) {
+    const int64_t full_groups = (n1 - n0) / avx2::kLanes;
+    int64_t groups = 0;
+    for (int64_t g = every / 2; g < full_groups; g += every) {
+      first[groups] = n0 + g * avx2::kLanes;
+      size[groups] = avx2::kLanes;
+      if (++groups == kGroups) scan_tile(groups, 0, nq, lists), groups = 0;
+    }
+    if (groups) scan_tile(groups, 0, nq, lists);
+  }
+};
+
+template <int WU>
+inline void topk_scan_avx2(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_t n0, int64_t n1,
+                           CandidateLists& lists, const avx2::UnitPlan& up) {
+  const int L = lists.L;
+  const int64_t nq = q1 - q0, rows = n1 - n0, k = lists.k;
+  NibbleScan<WU> scan(a, up, q0, q1, L);
+  // Warm start. A streaming top-k admits ~k (1 + ln(N / k)) codes per list, most of them pushed
+  // out later; starting from thresholds that a sample says admit ~1.5 k codes overall cuts that
+  // to ~k. The sample's ks-th smallest distance t_s (ks = margin * k * sample fraction) gives
+  // the threshold t_s + 1. If a list then still gets fewer than k codes, its query is rescanned
+  // from scratch, so the result stays exact whatever the sample.
+  std::vector<int32_t> start(nq * L, 0);
+  bool warm = false;
+  if (a.sample_every > 0 && rows >= a.sample_min_rows) {
+    const int64_t sample_groups = (rows / avx2::kLanes + a.sample_every / 2) / a.sample_every;
+    const double frac = double(sample_groups * avx2::kLanes) / double(rows);
+    const int64_t ks = static_cast<int64_t>(a.sample_margin * double(k) * frac) + 4;
+    if (sample_groups > 0 && ks * 4 <= sample_groups * avx2::kLanes) {
+      CandidateLists sample;
+      sample.reset(nq, ks, lists.max_d, ks + std::max<int64_t>(ks, 64));
+      scan.refresh_all(sample);
+      scan.scan_sample(n0, n1, a.sample_every, sample);
+      for (int64_t list = 0; list < nq * L; ++list) {
+        const int32_t t = std::min(lists.thresh[list], sample.thresh[list] + 1);
+        if (t < lists.thresh[list]) lists.thresh[list] = start[list] = t, warm = true;
+      }
+    }
+  }
+  scan.refresh_all(lists);
+  scan.scan_rows(n0, n1, 0, nq, lists);
+  if (!warm) return;
+  for (int64_t qi = 0; qi < nq; ++qi) {  // exactness check: a warm list must have lowered its threshold
+    bool short_list = false;
+    for (int l = 0; l < L; ++l) short_list |= start[qi * L + l] > 0 && lists.thresh[qi * L + l] == start[qi * L + l];
+    if (!short_list) continue;
+    lists.reset_query(qi);
+    scan.refresh(lists, qi, L == 64 ? ~uint64_t(0) : (uint64_t(1) << L) - 1);
+    scan.scan_rows(n0, n1, qi, qi + 1, lists);
+  }
+}
+#endif
+
+// Scan queries [q0, q1) x rows [n0, n1) into `lists` (already reset for q1 - q0 queries).
+inline void topk_scan(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_t n0, int64_t n1, CandidateLists& lists,
+                      bool allow_simd = true) {
+  const int words = a.plan->words;
+#if defined(__AVX2__)
+  avx2::UnitPlan up;
+  if (allow_simd && words <= 2 && up.init(a.plan->bits.data(), a.plan->L)) {
+    if (words == 1) return topk_scan_avx2<1>(a, q0, q1, n0, n1, lists, up);
+    return topk_scan_avx2<2>(a, q0, q1, n0, n1, lists, up);
+  }
+#else
+  (void)allow_simd;
+#endif
+  if (words == 1) return topk_scan_scalar<1>(a, q0, q1, n0, n1, lists);
+  if (words == 2) return topk_scan_scalar<2>(a, q0, q1, n0, n1, lists);
+  return topk_scan_scalar<0>(a, q0, q1, n0, n1, lists);
+}
+
+}  // namespace nhl
