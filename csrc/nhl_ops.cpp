@@ -14,6 +14,11 @@ TORCH_LIBRARY(nhl_fast, m) {
   m.def("unpack(Tensor packed, int bits) -> Tensor");
   m.def("hamming(Tensor q, Tensor db, int[] bits) -> Tensor");
   m.def("topk(Tensor q, Tensor db, int k, int[] bits) -> (Tensor, Tensor)");
+
+  // --- layer: nested projection (one GEMM for every code length) and fused sign -> packed encode ---
+  // nested_projection returns (u, z): z = x W^T + b, u = relax(z) with relax in {none, tanh, sign_ste}.
+  m.def("nested_projection(Tensor x, Tensor weight, Tensor bias, str relax) -> (Tensor, Tensor)");
+  m.def("project_and_pack(Tensor x, Tensor weight, Tensor bias) -> Tensor");
 }
 
 namespace {

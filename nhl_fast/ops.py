@@ -74,3 +74,61 @@ pack_triton.register_fake(_pack_fake)
 unpack_triton.register_fake(_unpack_fake)
 hamming_triton.register_fake(_hamming_fake)
 topk_triton.register_fake(_topk_fake)
+
+
+# ---------------------------------------------------------------- layer: nested_projection, project_and_pack
+# One fake and one autograd formula serve the compiled op and its Triton twin. The
+# backward is one GEMM pair whatever the number of code lengths: every length is a
+# prefix of the same output, so their gradients already sum in grad_u.
+
+
+def _nested_projection_fake(x: Tensor, weight: Tensor, bias: Tensor, relax: str) -> tuple[Tensor, Tensor]:
+    shape = (x.shape[0], weight.shape[0])
+    return x.new_empty(shape), x.new_empty(shape)
+
+
+def _project_and_pack_fake(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    return x.new_empty((x.shape[0], (weight.shape[0] + 63) // 64), dtype=torch.int64)
+
+
+def _nested_projection_setup(ctx, inputs, output) -> None:
+    x, weight, _, relax = inputs
+    u, z = output
+    ctx.relax = relax
+    # tanh' comes from u, the clipped straight-through mask from z: keep only what is needed.
+    ctx.save_for_backward(x, weight, u if relax == "tanh" else None, z if relax == "sign_ste" else None)
+
+
+def _nested_projection_backward(ctx, grad_u, grad_z):
+    from nhl_fast.reference import relax_grad
+
+    x, weight, u, z = ctx.saved_tensors
+    g = relax_grad(grad_u, ctx.relax, u, z) if grad_u is not None else None
+    if grad_z is not None:
+        g = grad_z if g is None else g + grad_z
+    grad_x = g @ weight if ctx.needs_input_grad[0] else None
+    grad_w = g.T @ x if ctx.needs_input_grad[1] else None
+    grad_b = g.sum(0) if ctx.needs_input_grad[2] else None
+    return grad_x, grad_w, grad_b, None
+
+
+if _EXT is not None:
+    torch.library.register_fake("nhl_fast::nested_projection")(_nested_projection_fake)
+    torch.library.register_fake("nhl_fast::project_and_pack")(_project_and_pack_fake)
+    torch.library.register_autograd("nhl_fast::nested_projection", _nested_projection_backward,
+                                    setup_context=_nested_projection_setup)
+
+
+@torch.library.custom_op("nhl_fast::nested_projection_triton", mutates_args=())
+def nested_projection_triton(x: Tensor, weight: Tensor, bias: Tensor, relax: str) -> tuple[Tensor, Tensor]:
+    return _kernel("nested_projection").nested_projection_triton(x, weight, bias, relax)
+
+
+@torch.library.custom_op("nhl_fast::project_and_pack_triton", mutates_args=())
+def project_and_pack_triton(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    return _kernel("project_and_pack").project_and_pack_triton(x, weight, bias)
+
+
+nested_projection_triton.register_fake(_nested_projection_fake)
+nested_projection_triton.register_autograd(_nested_projection_backward, setup_context=_nested_projection_setup)
+project_and_pack_triton.register_fake(_project_and_pack_fake)

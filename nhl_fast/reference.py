@@ -45,3 +45,57 @@ def topk(q: torch.Tensor, db: torch.Tensor, k: int, bits: Sequence[int]) -> tupl
     # A stable sort keeps equal distances in database order: the tie rule of every backend.
     sorted_dist, idx = torch.sort(dist, dim=-1, stable=True)
     return sorted_dist[..., :k].contiguous(), idx[..., :k].contiguous()
+
+
+# --- layer: nested projection (all code lengths from one GEMM) and fused encode ---
+
+RELAXES = ("none", "tanh", "sign_ste")
+
+
+class _SignSTE(torch.autograd.Function):
+    """sign forward (z > 0 -> +1, else -1), clipped identity backward (gradient where |z| <= 1)."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return torch.where(z > 0, 1.0, -1.0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return relax_grad(grad, "sign_ste", None, z)
+
+
+def relax(z: torch.Tensor, name: str) -> torch.Tensor:
+    """The relaxation applied to the pre-activation z: none (identity), tanh, sign_ste."""
+    if name == "tanh":
+        return torch.tanh(z)
+    if name == "sign_ste":
+        return _SignSTE.apply(z)
+    return z
+
+
+def relax_grad(grad_u: torch.Tensor, name: str, u, z) -> torch.Tensor:
+    """d loss / d z from d loss / d u: tanh needs u (1 - u^2), sign_ste needs z (|z| <= 1)."""
+    if name == "tanh":
+        return grad_u * (1 - u * u)
+    if name == "sign_ste":
+        return grad_u * (z.abs() <= 1).to(grad_u.dtype)
+    return grad_u
+
+
+def nested_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relax_name: str):
+    """(u, z): z = x W^T + b (B, b_max), u = relax(z). The code of length b_k is u[:, :b_k]."""
+    z = torch.addmm(bias, x, weight.T)
+    return relax(z, relax_name), z
+
+
+def project_and_pack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(N, ceil(b_max/64)) int64: bit j set where (x W^T + b)[:, j] > 0 (0 packs as 0).
+
+    Streams 65536 rows at a time, so even the spec never holds (N, b_max) float codes.
+    """
+    chunk = 65536
+    if x.shape[0] <= chunk:
+        return pack(torch.addmm(bias, x, weight.T))
+    return torch.cat([pack(torch.addmm(bias, x[i:i + chunk], weight.T)) for i in range(0, x.shape[0], chunk)])

@@ -1,0 +1,117 @@
+"""Shared machinery of the built-in losses: input checks, prefix sums, the shared memory bank.
+
+Prefix arithmetic is what makes one call serve all K lengths: for b_1 < ... < b_K,
+``a[:, :b_k] @ c[:, :b_k].T`` is the running sum of the block products over columns
+[b_{j-1}, b_j), j <= k, so the K Gram matrices cost one b_max-wide product instead of
+sum_k b_k; elementwise terms are summed per column once and read out at the K prefix ends.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from nhl_fast.losses.base import NestedLoss, multi_hot
+
+
+def check_bit_list(bit_list) -> tuple:
+    try:
+        bits = tuple(int(b) for b in bit_list)
+    except TypeError:
+        raise TypeError(f"bit_list must be a sequence of ints, got {type(bit_list).__name__}") from None
+    if not bits:
+        raise ValueError("bit_list must not be empty")
+    if bits[0] < 1 or any(b2 <= b1 for b1, b2 in zip(bits, bits[1:])):
+        raise ValueError(f"bit_list must be positive and strictly increasing, got {bits}")
+    return bits
+
+
+def prefix_gram(a: Tensor, c: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(K, A, C): ``a[:, :b_k] @ c[:, :b_k].T`` for every k, from K block products and a running sum."""
+    lo, blocks = 0, []
+    for hi in bit_list:
+        blocks.append(a[:, lo:hi] @ c[:, lo:hi].T)
+        lo = hi
+    return torch.stack(blocks).cumsum(0)
+
+
+def prefix_sum(x: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(..., K): ``x[..., :b_k].sum(-1)`` for every k (one cumulative sum over the columns)."""
+    ends = torch.tensor([b - 1 for b in bit_list], device=x.device)
+    return x.cumsum(-1).index_select(-1, ends)
+
+
+class HashLoss(NestedLoss):
+    """NestedLoss with the checks and helpers every built-in loss shares.
+
+    Inputs are the raw head outputs (the layer's ``relax="none"``): every loss applies its
+    own relaxation (tanh, clamp, ...) exactly where its reference does.
+    """
+
+    #: losses whose terms are pairs inside the batch need at least two samples
+    min_batch = 1
+    #: losses with a memory bank need num_train and indices
+    uses_bank = False
+    #: losses that need num_classes (code centres, label bank)
+    needs_classes = False
+
+    def __init__(self, bit_list, num_classes: Optional[int] = None, num_train: Optional[int] = None,
+                 bank: Optional[bool] = None):
+        bits = check_bit_list(bit_list)
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if num_train is not None and (not isinstance(num_train, int) or num_train < 1):
+            raise ValueError(f"num_train must be a positive int, got {num_train!r}")
+        super().__init__(bits, num_classes=num_classes, num_train=num_train)
+        if bank is not None:
+            self.uses_bank = bool(bank)
+        self.b_max = bits[-1]
+        self.register_buffer("bits_t", torch.tensor(bits, dtype=torch.float32), persistent=False)
+        if (self.needs_classes or self.uses_bank) and num_classes is None:
+            raise ValueError(f"{type(self).__name__} needs num_classes")
+        if self.uses_bank:
+            if num_train is None:
+                raise ValueError(f"{type(self).__name__} keeps a memory bank: pass num_train (the training-set size)")
+            # ONE bank of b_max columns for all lengths; length k reads the prefix view U[:, :b_k]
+            self.register_buffer("U", torch.zeros(num_train, self.b_max))
+            self.register_buffer("Y", torch.zeros(num_train, num_classes))
+
+    def bits_like(self, x: Tensor) -> Tensor:
+        return self.bits_t.to(device=x.device, dtype=x.dtype)
+
+    def prepare(self, u: Tensor, labels: Tensor, indices: Optional[Tensor]):
+        """Checked (u[:, :b_max], float multi-hot labels, long indices or None)."""
+        if not isinstance(u, Tensor):
+            raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
+        if u.dim() != 2 or u.shape[1] < self.b_max:
+            raise ValueError(f"u must have shape (B, >= {self.b_max}) (b_max of bit_list), got {tuple(u.shape)}")
+        if not u.dtype.is_floating_point:
+            raise TypeError(f"u must be a floating tensor, got {u.dtype}")
+        B = u.shape[0]
+        if B < self.min_batch:
+            raise ValueError(f"{type(self).__name__} compares pairs inside the batch: needs a batch of "
+                             f">= {self.min_batch} samples, got {B}")
+        y = multi_hot(labels, self.num_classes)
+        if y.shape[0] != B:
+            raise ValueError(f"labels has {y.shape[0]} rows, u has {B}")
+        y = y.to(device=u.device, dtype=u.dtype)
+        idx = None
+        if self.uses_bank:
+            if not isinstance(indices, Tensor) or indices.dim() != 1 or indices.shape[0] != B:
+                raise ValueError(f"indices must be a (B,) = ({B},) integer tensor of training-set positions")
+            if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+                raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
+            idx = indices.to(device=self.U.device, dtype=torch.long)
+            if B and not torch.compiler.is_compiling() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_train):
+                raise ValueError(f"indices must be in [0, num_train={self.num_train})")
+        return u[:, : self.b_max], y, idx
+
+    @torch.no_grad()
+    def write_bank(self, u: Tensor, y: Tensor, idx: Tensor) -> None:
+        """Store this batch (detached) before the loss reads the bank, as the references do."""
+        self.U[idx] = u.detach().to(self.U.dtype)
+        self.Y[idx] = y.to(self.Y.dtype)
+
+    def bank(self, like: Tensor):
+        return self.U.to(like.dtype), self.Y.to(like.dtype)

@@ -1,0 +1,35 @@
+"""CSQ: central similarity quantization."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from nhl_fast.losses import register
+from nhl_fast.losses._centered import CenteredLoss
+
+
+@register("csq")
+class CSQ(CenteredLoss):
+    """L_k = mean_{i,j<b_k} BCE((tanh u_ij + 1)/2, (c_ij + 1)/2) + lambda_ mean (|tanh u_ij| - 1)^2, c = centre of y_i.
+
+    Source: Yuan et al., "Central Similarity Quantization", CVPR 2020; DeepHash-pytorch CSQ.py, NHL bit_length/CSQ.py.
+
+    Centres: ``centers="per_length"`` (default, the reference: Hadamard rows, random balanced rows
+    beyond 2b classes, i.i.d. +-1 for non-power-of-two b) or ``"nested"`` (prefixes of one b_max
+    matrix, see nhl_fast.losses.centers), or your own tensor(s). Multi-label targets are the sign of
+    the summed centres, zeros broken by a fixed random sign. The BCE is evaluated as
+    BCE-with-logits(2u) since (tanh u + 1)/2 = sigmoid(2u): equal to the reference wherever its
+    float32 probabilities are not saturated (|u| < ~9), and finite beyond.
+    """
+
+    def __init__(self, bit_list, num_classes=None, num_train=None, lambda_: float = 1e-4,
+                 centers="per_length", seed: int = 0):
+        super().__init__(bit_list, num_classes=num_classes, num_train=num_train, centers=centers, seed=seed)
+        self.lambda_ = float(lambda_)
+
+    def forward(self, u, labels, indices=None):
+        u, y, _ = self.prepare(u, labels, indices)
+        x = self.layout(u)
+        t = self.targets(y)
+        bce = F.binary_cross_entropy_with_logits(2 * x, (t + 1) / 2, reduction="none")
+        quant = (x.tanh().abs() - 1).pow(2)
+        return self.per_length_mean(bce + self.lambda_ * quant)
