@@ -111,6 +111,8 @@ def build_backbone(name: str, input_shape, weights: Optional[str] = None) -> nn.
                                 f"{input_shape}: use --backbone identity or mlp")
         return SmallCNN(input_shape[0])
     if name in TORCHVISION:
+        if importlib.util.find_spec("torchvision") is None:
+            return _torchvision(name, weights)  # raises the "install torchvision" message
         if len(input_shape) != 3 or input_shape[0] != 3:
             raise BackboneError(f"--backbone {name} needs RGB images, got inputs of shape {input_shape}")
         return _torchvision(name, weights)

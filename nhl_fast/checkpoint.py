@@ -31,6 +31,7 @@ class Checkpoint:
     state: dict = field(default_factory=dict)   # epoch, history, best, ... (resumable checkpoints)
     optimizer: Optional[dict] = None  # an optimizer state_dict
     rng: dict = field(default_factory=dict)     # name -> uint8 state tensor
+    objective: dict = field(default_factory=dict)  # the objective's buffers (loss memory banks, centres)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -74,7 +75,8 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 
 
 def save_checkpoint(path: str, config: dict, model_state: dict, *, state: Optional[dict] = None,
-                    optimizer_state: Optional[dict] = None, rng: Optional[dict] = None) -> None:
+                    optimizer_state: Optional[dict] = None, rng: Optional[dict] = None,
+                    objective_state: Optional[dict] = None) -> None:
     from safetensors.torch import save
 
     tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in model_state.items()}
@@ -83,6 +85,8 @@ def save_checkpoint(path: str, config: dict, model_state: dict, *, state: Option
         opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
         tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in opt_tensors.items()})
         meta["optimizer"] = json.dumps(opt_meta)
+    for name, t in (objective_state or {}).items():
+        tensors[f"objective/{name}"] = t.detach().cpu().contiguous().clone()
     for name, t in (rng or {}).items():
         tensors[f"rng/{name}"] = t.detach().cpu().contiguous().clone()
     atomic_write_bytes(path, save(tensors, metadata=meta))
@@ -114,10 +118,11 @@ def load_checkpoint(path: str) -> Checkpoint:
         opt_meta = json.loads(meta["optimizer"]) if "optimizer" in meta else None
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: checkpoint header is damaged ({type(e).__name__}: {e})") from e
-    groups: dict = {"model": {}, "optim": {}, "rng": {}}
+    groups: dict = {"model": {}, "optim": {}, "rng": {}, "objective": {}}
     for k, v in tensors.items():
         head, _, rest = k.partition("/")
         groups.setdefault(head, {})[rest] = v
     optimizer = _unflatten_optimizer({f"optim/{k}": v for k, v in groups["optim"].items()}, opt_meta) \
         if opt_meta is not None else None
-    return Checkpoint(config=config, model=groups["model"], state=state, optimizer=optimizer, rng=groups["rng"])
+    return Checkpoint(config=config, model=groups["model"], state=state, optimizer=optimizer, rng=groups["rng"],
+                      objective=groups["objective"])

@@ -79,7 +79,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="cnn (default for images), mlp, identity (default for features), or a torchvision model "
                         "(resnet18, resnet50, alexnet, vit_b_16) when torchvision is installed")
     g.add_argument("--weights", help="local pretrained weights for a torchvision backbone (never downloaded)")
-    g.add_argument("--epochs", type=positive_int, default=40)
+    g.add_argument("--epochs", type=positive_int, default=None,
+                   help="training epochs (default 40; with --resume: the interrupted run's)")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=1e-5)
     g.add_argument("--seed", type=int, default=0)

@@ -28,7 +28,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(data=args.data, split=args.split, image_root=args.image_root, resize=args.resize,
                       crop=args.crop, backbone=args.backbone, weights=args.weights, base_loss=args.base_loss,
                       bits=tuple(args.bits), adaptive=args.adaptive, distill=args.distill, beta=args.beta,
-                      epochs=args.epochs, batch_size=args.batch_size or 64, lr=args.lr,
+                      epochs=args.epochs or 40, batch_size=args.batch_size or 64, lr=args.lr,
                       weight_decay=args.weight_decay, eval_every=args.eval_every, topk=args.topk, ties=args.ties,
                       device=args.device, seed=args.seed, workers=args.workers, out=args.out)
     resume = None
@@ -39,6 +39,8 @@ def cmd_train(args) -> int:
                 raise ValueError("--resume without a checkpoint path needs --out RUN_DIR (it resumes RUN_DIR/last.safetensors)")
             resume = os.path.join(args.out, "last.safetensors")
         data = None  # the checkpoint's config says which data
+        if args.epochs is None:
+            cfg.epochs = 0  # keep the checkpoint's
     else:
         data = load_training_data(cfg)
         if cfg.out is None:

@@ -131,7 +131,7 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
         ckpt = load_checkpoint(resume)
         if ckpt.optimizer is None:
             raise ValueError(f"--resume {resume}: this checkpoint holds no optimizer state (resume from last.safetensors)")
-        keep = {"epochs": cfg.epochs, "device": cfg.device, "out": cfg.out or ckpt.config.get("out"),
+        keep = {"epochs": cfg.epochs or ckpt.config["epochs"], "device": cfg.device, "out": cfg.out or ckpt.config.get("out"),
                 "workers": cfg.workers}
         cfg = TrainConfig.from_dict({**ckpt.config, **keep})
         run = RunState(**{k: ckpt.state[k] for k in ("epoch", "history", "best_map", "best_epoch", "train_time_s")})
@@ -146,6 +146,8 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
     if ckpt is not None:
         model.load_state_dict(ckpt.model)
         optimizer.load_state_dict(ckpt.optimizer)
+        if ckpt.objective:
+            objective.load_state_dict(ckpt.objective)
         _set_rng_state(gen, ckpt.rng)
         reporter.info(f"resumed from {resume} at epoch {run.epoch}/{cfg.epochs}")
     out = cfg.out
@@ -162,7 +164,8 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
             return None
         path = os.path.join(out, path_name)
         save_checkpoint(path, mcfg, model.state_dict(), state={**asdict(run), "kind": "resumable"},
-                        optimizer_state=optimizer.state_dict(), rng=_rng_state(gen))
+                        optimizer_state=optimizer.state_dict(), rng=_rng_state(gen),
+                        objective_state=objective.state_dict())
         return path
 
     best_state = None
@@ -181,8 +184,8 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
                 x, y, idx = x.to(device, non_blocking=True), y.to(device), idx.to(device)
                 if x.shape[0] < 2:  # batch norm and pairwise losses need two samples
                     continue
-                feats, u = model(x)
-                loss = objective(u, y, idx, inputs=feats)
+                _, u = model(x)
+                loss = objective(u, y, idx)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
