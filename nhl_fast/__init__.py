@@ -4,3 +4,9 @@ from nhl_fast.engine import hamming, pack, topk, unpack
 
 __all__ = ["pack", "unpack", "hamming", "topk", "build_info", "BackendUnavailable"]
 __version__ = "0.1.0"
+
+# --- layer and objective ---
+from nhl_fast.layers import NestedCodes, NestedHashLayer  # noqa: E402
+from nhl_fast.objective import NHLObjective  # noqa: E402
+
+__all__ += ["NestedHashLayer", "NestedCodes", "NHLObjective"]

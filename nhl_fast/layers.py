@@ -17,10 +17,26 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from nhl_fast._dispatch import choose, op
+from nhl_fast import reference
+from nhl_fast._dispatch import choose
 from nhl_fast.reference import RELAXES
 
 INITS = ("default", "normal")
+
+
+@torch.compiler.assume_constant_result
+def _backend_for(backend: Optional[str], device_type: str) -> str:
+    # Resolved once per trace: the dispatcher's import/cache machinery stays out of the graph.
+    return choose(backend, torch.device(device_type))
+
+
+def _layer_ops(backend: str):
+    """(nested_projection, project_and_pack) callables of `backend` (nhl_fast.ops is imported by the layer)."""
+    if backend == "torch":
+        return reference.nested_projection, reference.project_and_pack
+    if backend == "triton":
+        return torch.ops.nhl_fast.nested_projection_triton, torch.ops.nhl_fast.project_and_pack_triton
+    return torch.ops.nhl_fast.nested_projection, torch.ops.nhl_fast.project_and_pack
 
 
 class NestedCodes(list):
@@ -97,6 +113,8 @@ class NestedHashLayer(nn.Module):
         self.relax = relax
         self.init = init
         self.backend = backend
+        import nhl_fast.ops  # noqa: F401  (op schemas, fakes, autograd, Triton ops)
+
         b_max = self.bit_list[-1]
         self.weight = nn.Parameter(torch.empty(b_max, in_features, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(b_max, device=device, dtype=dtype))
@@ -136,7 +154,8 @@ class NestedHashLayer(nn.Module):
 
     def forward(self, x: Tensor) -> NestedCodes:
         x, weight, bias = self._operands(x)
-        u, z = op("nested_projection", choose(self.backend, x.device))(x, weight, bias, self.relax)
+        project, _ = _layer_ops(_backend_for(self.backend, x.device.type))
+        u, z = project(x, weight, bias, self.relax)
         return nested_codes(u, z, x, self.relax, self.bit_list, weight, bias)
 
     @torch.no_grad()
@@ -147,7 +166,8 @@ class NestedHashLayer(nn.Module):
         Rows stream through the GEMM in chunks: no (N, b_max) float tensor is materialised.
         """
         x, weight, bias = self._operands(x)
-        return op("project_and_pack", choose(self.backend, x.device))(x, weight, bias)
+        _, project_and_pack = _layer_ops(_backend_for(self.backend, x.device.type))
+        return project_and_pack(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, bit_list={self.bit_list}, relax={self.relax!r}, init={self.init!r}"

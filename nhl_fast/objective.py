@@ -17,7 +17,7 @@ time. Here, with z = x W^T + b the pre-activation, g_k = G_k^T X where G_k = dO_
 All K matrices G_k come from ONE batched autograd call over the loss graph only
 (``is_grads_batched``: the backbone and the projection are never traversed), then one
 B x B Gram gives all K(K-1)/2 dots and K norms, on device, with no host sync.
-When in_features < B the direct form g_k = G_k^T X is cheaper and is used instead.
+When B > K b_max the direct form g_k = G_k^T X is cheaper and is used instead.
 
 Distillation D_k (k < K): ||N(S_{k+1}) - N(S_k)||_F^2 / B^2 with S_k = u_k u_k^T,
 N = row L2-normalisation, the teacher S_{k+1} detached. All K Grams come from cumulative
@@ -65,35 +65,40 @@ def cascade_distill(u: Tensor, bit_list: Sequence[int]) -> Tensor:
     return (diff * diff).sum((1, 2)) / (batch * batch)
 
 
-def gradient_dots(G: Tensor, x: Tensor, bit_list: Sequence[int]) -> Tensor:
-    """C (K, K, b_max): C[i, j, c] = <g_i[:c+1 rows], g_j[:c+1 rows]> with g_k = G_k^T x.
+def length_mask(bit_list: Sequence[int], device, dtype) -> Tensor:
+    """(K, b_max) with row k = 1 on the first b_k columns (built on device: no host copy)."""
+    cols = torch.arange(bit_list[-1], device=device)
+    return torch.stack([cols < b for b in bit_list]).to(dtype)
 
-    G: (K, B, b_max) gradients w.r.t. the pre-activation; x: (B, in) the layer input.
+
+def gradient_dots(G: Tensor, x: Tensor, mask: Tensor) -> Tensor:
+    """(K, K) d[i, j] = <g_i[:b_i rows], g_j[:b_i rows]> with g_k = G_k^T x, in one GEMM.
+
+    G: (K, B, b_max) gradients w.r.t. the pre-activation; x: (B, in) the layer input;
+    mask: length_mask(bit_list). Masking the left factor to b_i columns restricts the dot.
     """
     k, batch, b_max = G.shape
-    if x.shape[1] >= batch:  # via the B x B Gram of the input
-        per_col = torch.einsum("ibc,jbc->ijc", G, (x @ x.T) @ G)
-    else:  # via the weight gradients themselves (cheaper when in_features < B)
-        g = G.transpose(1, 2) @ x
-        per_col = torch.einsum("icd,jcd->ijc", g, g)
-    return per_col.cumsum(-1)
+    left = G * mask[:, None, :]
+    if batch <= k * b_max:  # via the B x B Gram of the input: <G_i, (X X^T) G_j>
+        right = ((x @ x.T) @ G.transpose(0, 1).reshape(batch, k * b_max)).view(batch, k, b_max).transpose(0, 1)
+        return left.reshape(k, -1) @ right.reshape(k, -1).T
+    g = G.transpose(1, 2) @ x  # (K, b_max, in): the weight gradients themselves (cheaper for huge B)
+    return (g * mask[:, :, None]).reshape(k, -1) @ g.reshape(k, -1).T
 
 
-def dominance_weights(C: Tensor, bit_list: Sequence[int], beta: float, faithful: bool = False):
-    """(weights (K,), conflicts (K, K) bool, dots (K, K)) from the prefix gradient dots C."""
-    k = len(bit_list)
-    last_row = torch.tensor(bit_list, device=C.device) - 1
-    dots = C.gather(2, last_row.view(k, 1, 1).expand(k, k, 1)).squeeze(2)  # d[i, j] = <g_i[:b_i], g_j[:b_i]>
-    norm2 = C[0, 0, last_row] if faithful else dots.diagonal()
+def dominance_weights(dots: Tensor, beta: float, faithful: bool = False):
+    """(weights (K,), conflicts (K, K) bool) from the gradient dots d[i, j] = <g_i[:b_i], g_j[:b_i]>."""
+    k = dots.shape[0]
+    # n_i^2 = d[i, i]; faithful: the shortest length's ||g_1[:b_i]||^2 = d[0, 0] (g_1 is 0 beyond b_1)
+    norm2 = dots[0, 0].expand(k) if faithful else dots.diagonal()
     tau = beta * norm2 / (k - 1)
-    upper = torch.ones(k, k, dtype=torch.bool, device=C.device).triu(1)
+    upper = torch.ones(k, k, dtype=torch.bool, device=dots.device).triu(1)
     conflicts = upper & (dots < -tau[:, None])
-    one = torch.ones((), dtype=C.dtype, device=C.device)
-    alpha = torch.where(conflicts, tau[:, None] / -dots, one)
-    anchor = torch.cat([alpha.diagonal(1), one.view(1)])  # a_{i,i+1}; the last row has no pair
-    alpha = torch.where(upper, torch.minimum(alpha, anchor[:, None]), one)
+    alpha = torch.where(conflicts, tau[:, None] / -dots, 1.0)
+    anchor = F.pad(alpha.diagonal(1), (0, 1), value=1.0)  # a_{i,i+1}; the last row has no pair
+    alpha = torch.where(upper, torch.minimum(alpha, anchor[:, None]), 1.0)
     w = alpha.prod(0)  # w_j = prod_{i<j} a_ij (a_ij = 1 for i >= j, so w_0 = 1)
-    return k * w / w.sum(), conflicts, dots
+    return k * w / w.sum(), conflicts
 
 
 class NHLObjective(nn.Module):
@@ -142,6 +147,7 @@ class NHLObjective(nn.Module):
             raise ValueError(f"distill must be a number >= 0, got {distill!r}")
         self.adaptive, self.beta, self.distill, self.faithful = bool(adaptive), float(beta), float(distill), bool(faithful)
         self._batched_grad = True
+        self._masks: dict = {}  # (device, dtype) -> length_mask, built once per device
         self.last_weights: Optional[Tensor] = None
         self.last_conflicts: Optional[Tensor] = None
         self.last_grad_dots: Optional[Tensor] = None
@@ -211,8 +217,11 @@ class NHLObjective(nn.Module):
         G = self._pre_activation_grads(per_len, u, codes)
         acc = torch.promote_types(G.dtype, torch.float32)
         G, xin = G.detach().to(acc), inputs.detach().to(acc)
-        weights, conflicts, dots = dominance_weights(gradient_dots(G, xin, self.bit_list), self.bit_list,
-                                                     self.beta, self.faithful)
+        key = (G.device, acc)
+        if key not in self._masks:
+            self._masks[key] = length_mask(self.bit_list, G.device, acc)
+        dots = gradient_dots(G, xin, self._masks[key])
+        weights, conflicts = dominance_weights(dots, self.beta, self.faithful)
         self.last_weights, self.last_conflicts, self.last_grad_dots = weights, conflicts, dots
         weights = weights.to(per_len.dtype)
         if not self.faithful:

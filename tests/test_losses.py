@@ -29,6 +29,15 @@ def labels_multi(B, gen):
 LABELS = {"single": labels_single, "multi": labels_multi}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny ops: one thread avoids OpenMP spin-waiting on a busy shared machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def naive_bce(p, t):
     # torch.nn.BCELoss elementwise, with its log clamp at -100
     return -(t * torch.log(p).clamp(min=-100) + (1 - t) * torch.log(1 - p).clamp(min=-100))
@@ -375,3 +384,39 @@ def test_bad_inputs(name):
         assert torch.isfinite(m(*one)).all()
     with pytest.raises(ValueError, match="bit_list"):
         L.get_loss(name, (16, 8), num_classes=NC, num_train=NT)
+
+
+# ---- schedules, target updates, compile ------------------------------------------------------------------
+
+def test_hashnet_continuation_schedule():
+    m = L.get_loss("hashnet", BITS)
+    for epoch, want in [(0, 1.0), (19, 1.0), (20, math.sqrt(2)), (45, math.sqrt(3))]:
+        m.set_epoch(epoch)
+        assert m.scale == pytest.approx(want)
+
+
+def test_dpn_adaptive_update_matches_reference_rule():
+    m = L.get_loss("dpn", BITS, num_classes=NC, num_train=NT, adaptive=True)
+    gen = torch.Generator().manual_seed(3)
+    u = 2 * torch.randn(NT, BITS[-1], generator=gen)
+    y = labels_single(NT, gen).float()
+    m(u, y, torch.arange(NT))
+    m.update_targets()
+    tern = (u.abs() > m.m).float() * u.sign()
+    for k, b in enumerate(BITS):   # per length: sign(Y^T ternary(U[:, :b])) as the reference's K banks give
+        assert torch.equal(m.centers_for(k), (y.T @ tern[:, :b]).sign())
+    with pytest.raises(RuntimeError, match="adaptive"):
+        L.get_loss("dpn", BITS, num_classes=NC).update_targets()
+
+
+@pytest.mark.parametrize("name", ["csq", "dsh", "dch", "dtsh", "mdsh", "shcir"])
+def test_traces_under_compile_fullgraph(name):
+    torch._dynamo.reset()
+    m = L.get_loss(name, BITS, num_classes=NC, num_train=NT)
+    gen = torch.Generator().manual_seed(5)
+    u = torch.randn(6, BITS[-1], generator=gen)
+    y = labels_multi(6, gen).float()
+    idx = torch.arange(6)
+    want = m(u, y, idx)
+    got = torch.compile(m, fullgraph=True, backend="aot_eager")(u, y, idx)
+    torch.testing.assert_close(got, want)

@@ -1,0 +1,192 @@
+"""One NHL training step of a feature-in hashing head, side by side in one run:
+
+  ours       NestedHashLayer + NHLObjective("csq", adaptive, distill=0.1): one GEMM forward, one
+             batched autograd call over the loss graph for the K gradients, one B x B Gram for
+             the dominance weights, one backward (one GEMM pair), no host sync.
+  reference  the reference code's step (hly1998/NHL model_grand_sd.py, RML_E + analysis +
+             distillation), literally: K matmuls, K analysis backward passes reading W.grad,
+             .item() host syncs and Python loops for the weights, a second forward + backward.
+  single     one 128-bit head (nn.Linear) + CSQ on 128 bits: the floor any multi-length step pays.
+
+Features X (B, in) are a leaf with requires_grad (the backbone's output: every step also
+computes dL/dX). Same optimizer (SGD, momentum) in all three. Also: encode throughput
+(layer.encode, fused GEMM + sign + pack) vs torch.sign(F.linear(x)) followed by nhl_fast.pack.
+
+    python bench/bench_train_step.py [--quick] [--device cuda]  -> bench/results/bench_train_step.json
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import parser, sync, timeit, write_results  # noqa: E402
+
+import nhl_fast as nf  # noqa: E402
+from nhl_fast.losses import get_loss  # noqa: E402
+
+
+def sp_distill(f_s, f_t):
+    batch = f_s.shape[0]
+    g_s = F.normalize(f_s @ f_s.T)
+    g_t = F.normalize(f_t @ f_t.T)
+    return ((g_t - g_s) ** 2).sum() / (batch * batch)
+
+
+class ReferenceHead(nn.Module):
+    """The reference's RML_E head: one Linear, K matmuls on its weight prefixes."""
+
+    def __init__(self, n_in, bits):
+        super().__init__()
+        self.bits = bits
+        self.hash_layer = nn.Linear(n_in, bits[-1])
+
+    def forward(self, x):
+        return [torch.matmul(x, self.hash_layer.weight[:b, :].t()) + self.hash_layer.bias[:b] for b in self.bits]
+
+
+def reference_step(head, criteria, optimizer, x, y, idx, distill_weight, n_in):
+    bits = head.bits
+    k = len(bits)
+    optimizer.zero_grad()
+    outputs = head(x.detach())
+    w_grad = []
+    for i, (crit, out) in enumerate(zip(criteria, outputs)):
+        obj = crit(out, y, idx)[0]
+        if i < k - 1:
+            obj = obj + distill_weight * sp_distill(out, outputs[i + 1].detach())
+        optimizer.zero_grad(set_to_none=True)
+        obj.backward(retain_graph=True)
+        w_grad.append(head.hash_layer.weight.grad.flatten())
+    alpha = [[1.0] for _ in bits[:-1]]
+    for i, short in enumerate(bits[:-1]):
+        n = n_in * short
+        short_norm = w_grad[0][:n].norm().item()
+        tau = short_norm * short_norm / (k - 1)
+        for g in w_grad[i + 1:]:
+            d = torch.dot(w_grad[i][:n], g[:n]).item()
+            alpha[i].append(tau / -d if d < 0 and -d > tau else 1.0)
+        for j in range(2, len(alpha[i])):
+            alpha[i][j] = min(alpha[i][j], alpha[i][1])
+    ws = [1.0]
+    for j in range(k - 1):
+        w = 1.0
+        for i in range(j + 1):
+            w *= alpha[i][j + 1 - i]
+        ws.append(w)
+    ws = [v * k / sum(ws) for v in ws]
+    outputs = head(x)
+    dists = [sp_distill(outputs[i], outputs[i + 1].detach()) for i in range(k - 1)]
+    losses = [w * (c(o, y, idx)[0] + distill_weight * d) for w, c, o, d in zip(ws, criteria, outputs, dists)]
+    torch.stack(losses).sum().backward()
+    optimizer.step()
+
+
+def bench_step(batch, n_in, bits, ncls, device, repeat):
+    gen = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, n_in, generator=gen).to(device).requires_grad_()
+    y = torch.randint(0, ncls, (batch,), generator=gen).to(device)
+    idx = torch.arange(batch, device=device)
+    sgd = dict(lr=1e-3, momentum=0.9)
+
+    layer = nf.NestedHashLayer(n_in, bits, init="normal").to(device)
+    obj = nf.NHLObjective("csq", bits, adaptive=True, distill=0.1, num_classes=ncls).to(device)
+    opt_ours = torch.optim.SGD(layer.parameters(), **sgd)
+
+    def ours():
+        opt_ours.zero_grad()
+        x.grad = None
+        obj(layer(x), y, idx).backward()
+        opt_ours.step()
+
+    head = ReferenceHead(n_in, bits).to(device)
+    criteria = [get_loss("csq", (b,), num_classes=ncls).to(device) for b in bits]
+    opt_ref = torch.optim.SGD(head.parameters(), **sgd)
+
+    def reference():
+        x.grad = None
+        reference_step(head, criteria, opt_ref, x, y, idx, 0.1, n_in)
+
+    single_head = nn.Linear(n_in, bits[-1]).to(device)
+    single_loss = get_loss("csq", (bits[-1],), num_classes=ncls).to(device)
+    opt_single = torch.optim.SGD(single_head.parameters(), **sgd)
+
+    def single():
+        opt_single.zero_grad()
+        x.grad = None
+        single_loss(single_head(x), y, idx)[0].backward()
+        opt_single.step()
+
+    fns = {"ours": ours, "reference": reference, "single_128": single}
+    for fn in fns.values():  # warm up every variant before timing any
+        fn()
+    # interleave the variants' repeats so machine noise hits all three alike
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            times[name].append(timeit(fn, device=device, warmup=0, repeat=3)["min_s"])
+    row = {"batch": batch, "in_features": n_in, "bits": list(bits), "loss": "csq", "adaptive": True, "distill": 0.1}
+    for name, ts in times.items():
+        row[f"{name}_ms"] = 1e3 * min(ts)
+    row["ours_over_single"] = row["ours_ms"] / row["single_128_ms"]
+    row["reference_over_ours"] = row["reference_ms"] / row["ours_ms"]
+    row["weights"] = obj.last_weights.tolist()
+    return row
+
+
+def bench_encode(n, n_in, bits, device, repeat):
+    layer = nf.NestedHashLayer(n_in, bits).to(device)
+    x = torch.randn(n, n_in, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def fused():
+        return layer.encode(x)
+
+    @torch.no_grad()
+    def unfused():
+        return nf.pack(torch.sign(F.linear(x, layer.weight, layer.bias)))
+
+    assert torch.equal(fused(), unfused())
+    t_fused = timeit(fused, device=device, warmup=1, repeat=repeat)["min_s"]
+    t_unfused = timeit(unfused, device=device, warmup=1, repeat=repeat)["min_s"]
+    sync(device)
+    return {"rows": n, "in_features": n_in, "bits": bits[-1],
+            "encode_rows_per_s": n / t_fused, "sign_linear_pack_rows_per_s": n / t_unfused,
+            "encode_ms": 1e3 * t_fused, "sign_linear_pack_ms": 1e3 * t_unfused,
+            "speedup": t_unfused / t_fused,
+            "float_codes_mib_avoided": n * bits[-1] * x.element_size() / 2**20}
+
+
+def main():
+    args = parser(__doc__).parse_args()
+    device = torch.device(args.device)
+    bits = (8, 16, 32, 64, 128)
+    n_in = 256 if args.quick else 2048
+    batches = (16,) if args.quick else (64, 128)
+    repeat = 2 if args.quick else 9
+    steps = []
+    for batch in batches:
+        row = bench_step(batch, n_in, bits, 10, device, repeat)
+        steps.append(row)
+        print(f"B={batch:4d}: ours {row['ours_ms']:.2f} ms, reference-style {row['reference_ms']:.2f} ms, "
+              f"single 128-bit head {row['single_128_ms']:.2f} ms | ours/single {row['ours_over_single']:.2f}x, "
+              f"reference/ours {row['reference_over_ours']:.2f}x", flush=True)
+    n_rows = 4096 if args.quick else (200_000 if device.type == "cuda" else 50_000)
+    enc = bench_encode(n_rows, n_in, bits, device, 2 if args.quick else 5)
+    print(f"encode {enc['rows']} x {n_in} -> {bits[-1]} bits: fused {enc['encode_rows_per_s']:.3g} rows/s, "
+          f"sign(linear)+pack {enc['sign_linear_pack_rows_per_s']:.3g} rows/s ({enc['speedup']:.2f}x)")
+    path = write_results(args.out or ("bench_train_step_quick" if args.quick else "bench_train_step"), {
+        "device": str(device),
+        "base_loss": "csq (registered nhl_fast.losses CSQ; the reference-style step uses one per-length CSQ each)",
+        "timing": "min over interleaved repeats of the min of 3 runs, after one warm-up step of each variant",
+        "train_step": steps,
+        "encode": enc,
+    })
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+// project_and_pack epilogue: signs of (x W^T + b) packed into int64 words. One warp per
+// (row, word): lane l tests columns 64w + l and 64w + 32 + l, and two warp ballots are
+// the word's low and high halves (LSB-first, the engine's layout).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/projection_launchers.h"
+
+namespace {
+
+template <typename T> struct AccType { using type = float; };
+template <> struct AccType<double> { using type = double; };
+
+template <typename T>
+__device__ __forceinline__ bool positive(const T* row, const T* bias, int64_t col, int64_t cols) {
+  using A = typename AccType<T>::type;
+  if (col >= cols) return false;
+  const T v = static_cast<T>(static_cast<A>(row[col]) + static_cast<A>(bias[col]));  // rounded like addmm
+  return static_cast<A>(v) > A(0);
+}
+
+template <typename T>
+__global__ void sign_pack_kernel(const T* __restrict__ z, const T* __restrict__ bias, int64_t rows, int64_t cols,
+                                 int64_t words, uint64_t* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  // t is uniform across the warp, so every lane reaches both ballots
+  for (int64_t t = warp; t < rows * words; t += warps) {
+    const int64_t r = t / words, w = t - r * words;
+    const T* row = z + r * cols;
+    const unsigned lo = __ballot_sync(0xffffffffu, positive(row, bias, w * 64 + lane, cols));
+    const unsigned hi = __ballot_sync(0xffffffffu, positive(row, bias, w * 64 + 32 + lane, cols));
+    if (lane == 0) out[t] = static_cast<uint64_t>(lo) | (static_cast<uint64_t>(hi) << 32);
+  }
+}
+
+template <typename T>
+cudaError_t launch(const void* z, const void* bias, int64_t rows, int64_t cols, uint64_t* out, cudaStream_t stream) {
+  const int64_t words = (cols + 63) / 64, tasks = rows * words;
+  if (tasks == 0) return cudaSuccess;
+  const int threads = 256, warps_per_block = threads / 32;
+  const int blocks = static_cast<int>(std::min<int64_t>((tasks + warps_per_block - 1) / warps_per_block, 65535));
+  sign_pack_kernel<T><<<blocks, threads, 0, stream>>>(static_cast<const T*>(z), static_cast<const T*>(bias), rows,
+                                                       cols, words, out);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+extern "C" cudaError_t nhl_sign_pack_epilogue(const void* z, const void* bias, int64_t rows, int64_t cols,
+                                              uint64_t* out, int dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case nhl::kProjF32: return launch<float>(z, bias, rows, cols, out, stream);
+    case nhl::kProjF64: return launch<double>(z, bias, rows, cols, out, stream);
+    case nhl::kProjF16: return launch<__half>(z, bias, rows, cols, out, stream);
+    case nhl::kProjBF16: return launch<__nv_bfloat16>(z, bias, rows, cols, out, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
