@@ -34,13 +34,17 @@ def build(name, kw, bits, ncls, ntrain, device):
 
 
 def main():
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: stable ratios on a shared machine)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     bits = (8, 16, 32, 64, 128)
     ncls = 10
     ntrain = 500 if args.quick else 5000
     batches = (16,) if args.quick else (64, 128)
-    repeat = 2 if args.quick else 7
+    repeat = 2 if args.quick else 9
     gen = torch.Generator().manual_seed(0)
     rows = []
     for B in batches:

@@ -1,9 +1,10 @@
 """Shared machinery of the built-in losses: input checks, prefix sums, the shared memory bank.
 
-Prefix arithmetic is what makes one call serve all K lengths: for b_1 < ... < b_K,
-``a[:, :b_k] @ c[:, :b_k].T`` is the running sum of the block products over columns
-[b_{j-1}, b_j), j <= k, so the K Gram matrices cost one b_max-wide product instead of
-sum_k b_k; elementwise terms are summed per column once and read out at the K prefix ends.
+One call serves all K lengths: the K prefix Grams ``a[:, :b_k] @ c[:, :b_k].T`` of an in-batch
+loss come from one batched product (prefix_gram), elementwise terms are summed per column once
+and read out at the K prefix ends (prefix_sum), and label similarities, targets and the bank
+write are done once. Bank losses (B x num_train blocks) loop over lengths for the elementwise
+part instead of stacking K large blocks, which is faster on CPU caches.
 """
 from __future__ import annotations
 
@@ -28,12 +29,16 @@ def check_bit_list(bit_list) -> tuple:
 
 
 def prefix_gram(a: Tensor, c: Tensor, bit_list: Sequence[int]) -> Tensor:
-    """(K, A, C): ``a[:, :b_k] @ c[:, :b_k].T`` for every k, from K block products and a running sum."""
-    lo, blocks = 0, []
-    for hi in bit_list:
-        blocks.append(a[:, lo:hi] @ c[:, lo:hi].T)
-        lo = hi
-    return torch.stack(blocks).cumsum(0)
+    """(K, A, C): ``a[:, :b_k] @ c[:, :b_k].T`` for every k, as ONE product.
+
+    The rows of ``a`` are stacked K times with the columns past b_k zeroed, so all K Grams
+    come out of one (K*A, b_max) x (b_max, C) GEMM whose output is written once (no
+    per-length launches, no running-sum passes over the K*A*C result; with b_max small the
+    product is bound by writing its output, not by the extra zero columns).
+    """
+    b_max = a.shape[1]
+    keep = torch.arange(b_max, device=a.device) < torch.tensor(list(bit_list), device=a.device)[:, None]
+    return (a.unsqueeze(0) * keep.unsqueeze(1).to(a.dtype)) @ c.T
 
 
 def prefix_sum(x: Tensor, bit_list: Sequence[int]) -> Tensor:

@@ -8,9 +8,10 @@ quantization term. One (num_train, b_max) bank serves every length through prefi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from nhl_fast.losses._common import HashLoss, prefix_gram
+from nhl_fast.losses._common import HashLoss
 
 
 class BankLikelihood(HashLoss):
@@ -31,8 +32,11 @@ class BankLikelihood(HashLoss):
         u = self.relax(u)
         self.write_bank(u, y, idx)
         U, Y = self.bank(u)
-        theta = prefix_gram(u, U, self.bit_list) * 0.5             # (K, B, N)
-        s = (y @ Y.T > 0).to(u.dtype)
-        # the references' overflow-free log(1 + exp(theta)) - s theta
-        like = (1 + (-theta.abs()).exp()).log() + theta.clamp(min=0) - s * theta
-        return like.mean((1, 2)) + self.alpha * self.quantization(u)
+        s = (y @ Y.T > 0).to(u.dtype)                                 # (B, N), once for all lengths
+        # per length over the (B, N) bank block: a stacked (K, B, N) tensor falls out of cache
+        like = []
+        for b in self.bit_list:
+            theta = 0.5 * (u[:, :b] @ U[:, :b].T)
+            # log(1 + e^theta) - s theta; softplus = the references' log(1 + e^-|theta|) + max(theta, 0), one pass
+            like.append((F.softplus(theta) - s * theta).mean())
+        return torch.stack(like) + self.alpha * self.quantization(u)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from nhl_fast.losses import register
-from nhl_fast.losses._common import HashLoss, prefix_gram, prefix_sum
+from nhl_fast.losses._common import HashLoss, prefix_sum
 
 
 @register("dsh")
@@ -27,12 +27,13 @@ class DSH(HashLoss):
         self.write_bank(u, y, idx)
         U, Y = self.bank(u)
         bits = self.bits_like(u)
-        gram = prefix_gram(u, U, self.bit_list)                       # (K, B, N)
-        sq_u = prefix_sum(u * u, self.bit_list).T                     # (K, B)
-        sq_U = prefix_sum(U * U, self.bit_list).T                     # (K, N)
-        dist = sq_u[:, :, None] + sq_U[:, None, :] - 2 * gram
-        dissim = (y @ Y.T == 0).to(u.dtype)                           # (B, N)
-        margin = (2 * bits)[:, None, None]
-        pair = (1 - dissim) / 2 * dist + dissim / 2 * (margin - dist).clamp(min=0)
+        sq_u = prefix_sum(u * u, self.bit_list)                       # (B, K)
+        sq_U = prefix_sum(U * U, self.bit_list)                       # (N, K)
+        dissim = y @ Y.T == 0                                         # (B, N), once for all lengths
+        # per length over the (B, N) bank block: a stacked (K, B, N) tensor falls out of cache
+        pair = []
+        for k, b in enumerate(self.bit_list):
+            dist = sq_u[:, k, None] + sq_U[None, :, k] - 2 * (u[:, :b] @ U[:, :b].T)
+            pair.append(torch.where(dissim, (2 * b - dist).clamp(min=0), dist).mean() / 2)
         quant = prefix_sum((1 - u.abs()).abs(), self.bit_list).sum(0) / (u.shape[0] * bits)
-        return pair.mean((1, 2)) + self.alpha * quant
+        return torch.stack(pair) + self.alpha * quant

@@ -15,7 +15,7 @@ class DTSH(HashLoss):
     Source: Wang et al., "Deep Supervised Hashing with Triplet Labels", ACCV 2016; DeepHash-pytorch DTSH.py,
     NHL bit_length/DTSH.py (alpha = 5, lambda = 1; P_a = in-batch items sharing a label with anchor a,
     itself included; anchors need both a positive and a negative). All B^3 triplets of all K lengths
-    are one masked (K, B, B, B) tensor expression: no loop over anchors.
+    are masked (B, B, B) tensor expressions (one per length, Grams from one product): no loop over anchors.
     """
 
     min_batch = 2
@@ -32,9 +32,13 @@ class DTSH(HashLoss):
         neg = 1 - pos
         n_pos, n_neg = pos.sum(1), neg.sum(1)
         valid = (n_pos > 0) & (n_neg > 0)
-        t = (theta[:, :, :, None] - theta[:, :, None, :] - self.alpha).clamp(min=-100, max=50)  # (K, a, p, n)
-        mask = pos[:, :, None] * neg[:, None, :]                         # (a, p, n)
-        per_anchor = (F.softplus(-t) * mask).sum((2, 3)) / (n_pos * n_neg).clamp(min=1)   # (K, B)
+        mask = pos[:, :, None] * neg[:, None, :]                         # (a, p, n), shared by all lengths
+        # one (B, B, B) block per length: the stacked (K, B, B, B) tensor would fall out of cache
+        per_anchor = []
+        for th in theta:
+            t = (th[:, :, None] - th[:, None, :] - self.alpha).clamp(min=-100, max=50)
+            per_anchor.append((F.softplus(-t) * mask).sum((1, 2)))
+        per_anchor = torch.stack(per_anchor) / (n_pos * n_neg).clamp(min=1)          # (K, B)
         count = valid.sum()
         trip = torch.where(count > 0, (per_anchor * valid).sum(1) / count.clamp(min=1), per_anchor.new_zeros(()))
         quant = prefix_sum((u - u.sign()).pow(2), self.bit_list).sum(0) / (u.shape[0] * self.bits_like(u))
