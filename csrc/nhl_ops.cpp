@@ -19,6 +19,10 @@ TORCH_LIBRARY(nhl_fast, m) {
   // nested_projection returns (u, z): z = x W^T + b, u = relax(z) with relax in {none, tanh, sign_ste}.
   m.def("nested_projection(Tensor x, Tensor weight, Tensor bias, str relax) -> (Tensor, Tensor)");
   m.def("project_and_pack(Tensor x, Tensor weight, Tensor bias) -> Tensor");
+
+  // --- metrics: relevance histograms per distance, index-ordered AP (csrc/*/distance_histogram_*, index_ap_*) ---
+  m.def("distance_histogram(Tensor q, Tensor db, Tensor q_labels, Tensor db_labels, int[] bits) -> (Tensor, Tensor)");
+  m.def("index_ap(Tensor q, Tensor db, Tensor q_labels, Tensor db_labels, int[] bits, int? topk) -> (Tensor, Tensor)");
 }
 
 namespace {

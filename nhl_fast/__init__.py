@@ -10,3 +10,14 @@ from nhl_fast.layers import NestedCodes, NestedHashLayer  # noqa: E402
 from nhl_fast.objective import NHLObjective  # noqa: E402
 
 __all__ += ["NestedHashLayer", "NestedCodes", "NHLObjective"]
+
+# --- metrics ---
+from nhl_fast.metrics import (  # noqa: E402
+    mean_average_precision,
+    precision_at_k,
+    precision_at_radius,
+    precision_recall_curve,
+    recall_at_k,
+)
+
+__all__ += ["mean_average_precision", "precision_at_radius", "precision_recall_curve", "precision_at_k", "recall_at_k"]

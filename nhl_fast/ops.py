@@ -132,3 +132,40 @@ def project_and_pack_triton(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 nested_projection_triton.register_fake(_nested_projection_fake)
 nested_projection_triton.register_autograd(_nested_projection_backward, setup_context=_nested_projection_setup)
 project_and_pack_triton.register_fake(_project_and_pack_fake)
+
+# ---------------------------------------------------------------- metrics (distance_histogram, index_ap)
+
+from typing import Optional  # noqa: E402  (kept in this block: custom_op resolves the annotation)
+
+
+def _distance_histogram_fake(q: Tensor, db: Tensor, q_labels: Tensor, db_labels: Tensor,
+                             bits: list[int]) -> tuple[Tensor, Tensor]:
+    shape = (len(bits), q.shape[0], max(bits) + 1)
+    return q.new_empty(shape, dtype=torch.int64), q.new_empty(shape, dtype=torch.int64)
+
+
+def _index_ap_fake(q: Tensor, db: Tensor, q_labels: Tensor, db_labels: Tensor, bits: list[int],
+                   topk: Optional[int]) -> tuple[Tensor, Tensor]:
+    shape = (len(bits), q.shape[0])
+    return q.new_empty(shape, dtype=torch.float64), q.new_empty(shape, dtype=torch.int64)
+
+
+if _EXT is not None:
+    torch.library.register_fake("nhl_fast::distance_histogram")(_distance_histogram_fake)
+    torch.library.register_fake("nhl_fast::index_ap")(_index_ap_fake)
+
+
+@torch.library.custom_op("nhl_fast::distance_histogram_triton", mutates_args=())
+def distance_histogram_triton(q: Tensor, db: Tensor, q_labels: Tensor, db_labels: Tensor,
+                              bits: list[int]) -> tuple[Tensor, Tensor]:
+    return _kernel("distance_histogram").distance_histogram_triton(q, db, q_labels, db_labels, bits)
+
+
+@torch.library.custom_op("nhl_fast::index_ap_triton", mutates_args=())
+def index_ap_triton(q: Tensor, db: Tensor, q_labels: Tensor, db_labels: Tensor, bits: list[int],
+                    topk: Optional[int]) -> tuple[Tensor, Tensor]:
+    return _kernel("index_ap").index_ap_triton(q, db, q_labels, db_labels, bits, topk)
+
+
+distance_histogram_triton.register_fake(_distance_histogram_fake)
+index_ap_triton.register_fake(_index_ap_fake)

@@ -99,3 +99,63 @@ def project_and_pack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     if x.shape[0] <= chunk:
         return pack(torch.addmm(bias, x, weight.T))
     return torch.cat([pack(torch.addmm(bias, x[i:i + chunk], weight.T)) for i in range(0, x.shape[0], chunk)])
+
+
+# --- metrics: relevance histograms and index-ordered AP (the spec of csrc/*/distance_histogram_*, index_ap_*) ---
+# Labels reach the ops normalised by nhl_fast.metrics: class indices (N,) int64, or multi-hot
+# labels packed to bitmasks (N, ceil(C/64)) int64 (same packing as codes). Queries are taken in
+# chunks so no (L, Q, N) tensor is ever larger than _CHUNK elements.
+_CHUNK = 1 << 22
+
+
+def relevance(q_labels: torch.Tensor, db_labels: torch.Tensor) -> torch.Tensor:
+    """(Q, N) bool: equal class indices, or bitmasks that share a set bit."""
+    if q_labels.dim() == 1:
+        return q_labels[:, None] == db_labels[None, :]
+    return ((q_labels[:, None, :] & db_labels[None, :, :]) != 0).any(-1)
+
+
+def _query_chunks(q: torch.Tensor, n: int, lengths: int):
+    step = max(1, _CHUNK // max(1, n * lengths))
+    return range(0, q.shape[0], step), step
+
+
+def distance_histogram(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor,
+                       bits: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, Q, max(bits)+1) int64 counts of all / relevant database items at each Hamming distance."""
+    nb = max(bits) + 1
+    tot = torch.zeros(len(bits), q.shape[0], nb, dtype=torch.int64, device=q.device)
+    rel = torch.zeros_like(tot)
+    starts, step = _query_chunks(q, db.shape[0], len(bits))
+    for s in starts:
+        dist = hamming(q[s:s + step], db, bits).long()  # (L, c, N)
+        r = relevance(q_labels[s:s + step], db_labels).long().expand_as(dist)
+        tot[:, s:s + step].scatter_add_(2, dist, torch.ones_like(dist))
+        rel[:, s:s + step].scatter_add_(2, dist, r)
+    return tot, rel
+
+
+def index_ap(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor,
+             bits: Sequence[int], topk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query AP (L, Q) float64 and hits (L, Q) int64 with ties broken by database index.
+
+    Rank the database by (distance, index) (a stable sort), keep the first `topk` (all when None);
+    AP = mean over the relevant items kept of (relevant so far / rank); 0 when none is kept.
+    hits = the number of relevant items kept.
+    """
+    n = db.shape[0]
+    k = n if topk is None else topk
+    ap = torch.zeros(len(bits), q.shape[0], dtype=torch.float64, device=q.device)
+    hits = torch.zeros(len(bits), q.shape[0], dtype=torch.int64, device=q.device)
+    starts, step = _query_chunks(q, n, len(bits))
+    for s in starts:
+        dist = hamming(q[s:s + step], db, bits)
+        order = torch.sort(dist, dim=-1, stable=True).indices[..., :k]
+        r = relevance(q_labels[s:s + step], db_labels).expand(len(bits), -1, -1)
+        r = torch.gather(r, 2, order).double()
+        rank = torch.arange(1, k + 1, dtype=torch.float64, device=q.device)
+        found = r.sum(-1)
+        prec_sum = (torch.cumsum(r, -1) / rank * r).sum(-1)
+        ap[:, s:s + step] = torch.where(found > 0, prec_sum / found.clamp(min=1), 0.0)
+        hits[:, s:s + step] = found.long()
+    return ap, hits

@@ -1,0 +1,107 @@
+// Shared torch-side setup of the metric ops (distance_histogram, index_ap): input checks, the
+// nested-length tables of kernels/ap.h, and dispatch on the label layout. Used by the CPU ops and
+// the CUDA glue.
+#pragma once
+#include <torch/all.h>
+
+#include <vector>
+
+#include "kernels/ap_block_cpu.h"
+
+namespace nhl {
+
+struct MetricTables {
+  std::vector<int> full, offset;
+  std::vector<uint64_t> partial;
+  int bins = 0;
+  int label_words = 0;
+};
+
+inline void check_metric_inputs(const char* op, const at::Tensor& q, const at::Tensor& db, const at::Tensor& q_labels,
+                                const at::Tensor& db_labels, at::IntArrayRef bits) {
+  TORCH_CHECK(q.dim() == 2 && db.dim() == 2 && q.scalar_type() == at::kLong && db.scalar_type() == at::kLong, op,
+              ": q and db must be 2-D int64 packed codes");
+  TORCH_CHECK(q.size(1) == db.size(1) && q.size(1) >= 1 && q.size(1) <= 64, op,
+              ": q and db must have the same number of words, 1 to 64 (codes of up to 4096 bits)");
+  TORCH_CHECK(q_labels.scalar_type() == at::kLong && db_labels.scalar_type() == at::kLong, op,
+              ": labels must be int64 (class indices or packed bitmasks)");
+  TORCH_CHECK(q_labels.dim() == db_labels.dim() && (q_labels.dim() == 1 || q_labels.dim() == 2), op,
+              ": q_labels and db_labels must both be 1-D class indices or both 2-D packed bitmasks");
+  TORCH_CHECK(q_labels.size(0) == q.size(0) && db_labels.size(0) == db.size(0), op,
+              ": one label row per code is required");
+  TORCH_CHECK(q_labels.dim() == 1 || (q_labels.size(1) == db_labels.size(1) && q_labels.size(1) >= 1), op,
+              ": packed label widths differ");
+  TORCH_CHECK(db.size(0) >= 1 && db.size(0) < (int64_t(1) << 32), op, ": the database must hold 1 .. 2^32-1 codes");
+  TORCH_CHECK(!bits.empty() && int64_t(bits.size()) <= kApMaxLengths, op, ": 1 to ", kApMaxLengths, " code lengths");
+  for (size_t l = 0; l < bits.size(); ++l) {
+    TORCH_CHECK(bits[l] >= 1 && bits[l] <= 64 * q.size(1), op, ": bits out of range [1, 64 * words]");
+    TORCH_CHECK(l == 0 || bits[l] > bits[l - 1], op, ": bits must be strictly increasing");
+  }
+  const at::Tensor* all[] = {&q, &db, &q_labels, &db_labels};
+  for (const at::Tensor* t : all) TORCH_CHECK(t->device() == q.device(), op, ": all inputs must be on one device");
+}
+
+inline MetricTables metric_tables(at::IntArrayRef bits, const at::Tensor& q_labels) {
+  MetricTables t;
+  for (int64_t b : bits) {
+    t.full.push_back(int(b / 64));
+    t.partial.push_back(b % 64 ? (uint64_t(1) << (b % 64)) - 1 : 0);
+    t.offset.push_back(t.bins);
+    t.bins += int(b) + 1;
+  }
+  t.label_words = q_labels.dim() == 1 ? 0 : int(q_labels.size(1));
+  return t;
+}
+
+inline ApProblem cpu_problem(const at::Tensor& q, const at::Tensor& db, const at::Tensor& q_labels,
+                             const at::Tensor& db_labels, const MetricTables& t) {
+  ApProblem p;
+  p.q = reinterpret_cast<const uint64_t*>(q.data_ptr<int64_t>());
+  p.db = reinterpret_cast<const uint64_t*>(db.data_ptr<int64_t>());
+  p.n = db.size(0);
+  p.words = int(q.size(1));
+  p.q_labels = reinterpret_cast<const uint64_t*>(q_labels.data_ptr<int64_t>());
+  p.db_labels = reinterpret_cast<const uint64_t*>(db_labels.data_ptr<int64_t>());
+  p.label_words = t.label_words;
+  p.len = NestedLengths{int(t.full.size()), t.full.data(), t.partial.data(), t.offset.data()};
+  p.bins = t.bins;
+  return p;
+}
+
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+
+// f(TypeTag<D>, std::integral_constant<int, LW>): the distance policy of kernels/ap_block_cpu.h
+// (a compile-time specialisation for the common length sets, else by word count) and the label
+// layout of relevant_t, so the hot loops of the common shapes are fully unrolled.
+template <class F>
+void dispatch_lengths_labels(at::IntArrayRef bits, int words, int label_words, F&& f) {
+  auto labels = [&](auto plan) {
+    switch (label_words) {
+      case 0: f(plan, std::integral_constant<int, 0>()); break;
+      case 1: f(plan, std::integral_constant<int, 1>()); break;
+      case 2: f(plan, std::integral_constant<int, 2>()); break;
+      default: f(plan, std::integral_constant<int, -1>()); break;
+    }
+  };
+  const int64_t* b = bits.data();
+  const int L = int(bits.size());
+  if (FixedLengths<8, 16, 32, 64, 128>::matches(b, L, words)) return labels(TypeTag<FixedLengths<8, 16, 32, 64, 128>>());
+  if (FixedLengths<8, 16, 32, 64>::matches(b, L, words)) return labels(TypeTag<FixedLengths<8, 16, 32, 64>>());
+  if (FixedLengths<16, 32, 64, 128>::matches(b, L, words)) return labels(TypeTag<FixedLengths<16, 32, 64, 128>>());
+  if (FixedLengths<16, 32, 48, 64>::matches(b, L, words)) return labels(TypeTag<FixedLengths<16, 32, 48, 64>>());
+  if (FixedLengths<12, 24, 32, 48>::matches(b, L, words)) return labels(TypeTag<FixedLengths<12, 24, 32, 48>>());
+  switch (words) {
+    case 1: return labels(TypeTag<AnyLengths<1>>());
+    case 2: return labels(TypeTag<AnyLengths<2>>());
+    case 4: return labels(TypeTag<AnyLengths<4>>());
+    default: return labels(TypeTag<AnyLengths<0>>());
+  }
+}
+
+// Queries per block: histograms of a block stay within ~16 KiB (L1), at most 8 queries.
+inline int queries_per_block(int bins) { return std::max(1, std::min(8, (16 << 10) / (bins * 8))); }
+
+}  // namespace nhl

@@ -1,0 +1,284 @@
+"""Retrieval evaluation for packed binary codes: mAP (and mAP@k), precision@radius, PR curves,
+precision@k and recall@k, every code length from one streamed pass over the database.
+
+Nothing Q x N is ever built and the database is never sorted. Two kernels do the work:
+
+* ``distance_histogram`` -> ``tot[l, q, d]``, ``rel[l, q, d]``: how many database items (all /
+  relevant) lie at Hamming distance ``d`` from query ``q`` at length ``bits[l]``. Tie-aware AP,
+  precision@radius, PR curves and tie-aware P@k / R@k are closed forms of these counts.
+* ``index_ap`` (``ties="index"``): ranks are by (distance, database index), i.e. the classic
+  DeepHash ``CalcTopMap`` loop with a *stable* sort. Within a distance bin the rank of an item
+  depends on how relevant and irrelevant items interleave in index order, which no histogram
+  holds; so after the histogram pass a second pass in index order gives every relevant item its
+  exact rank ``N_<d + p`` and relevant-rank ``R_<d + j``. Exact, not an approximation.
+
+Working set of the C++ kernel: per thread, a block of <= 8 queries times ``sum_l (bits[l] + 1)``
+64-bit bins (2 KiB per query for 8..128 bits) plus a 512-item tile of the database; the outputs
+are (L, Q[, max(bits) + 1]). The torch reference bounds its (L, chunk, N) distance tensors to 4M
+elements; tie-aware AP@k bounds its (rows, k) hypergeometric tensors the same way.
+
+Relevance: class indices (1-D integer tensors: equal labels are relevant) or multi-hot matrices
+(2-D, 0/1: relevant when two items share a label), packed to bitmasks so a test is one AND.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+
+from nhl_fast import _checks
+from nhl_fast._dispatch import choose, op
+
+TIES = ("index", "average")
+REDUCTIONS = ("mean", "none")
+_MAX_LENGTHS = 64
+_CHUNK = 1 << 22  # elements per temporary tensor of the closed forms below
+
+
+# ---------------------------------------------------------------- argument checks
+
+
+def _labels_of(labels, name: str, rows: int, codes_name: str, device: torch.device) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (class indices (N,) or multi-hot (N, C)), got {type(labels).__name__}")
+    if labels.dim() not in (1, 2):
+        raise ValueError(f"{name} must be 1-D class indices (N,) or a 2-D multi-hot matrix (N, C), got shape {tuple(labels.shape)}")
+    if labels.shape[0] != rows:
+        raise ValueError(f"{name} has {labels.shape[0]} rows but {codes_name} has {rows} codes")
+    if labels.device != device:
+        raise ValueError(f"{name} must be on the device of {codes_name} ({device}), got {labels.device}")
+    if labels.dim() == 1:
+        if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
+            raise TypeError(f"{name}: 1-D labels are class indices and must be an integer dtype, got {labels.dtype}")
+        return labels.to(torch.int64).contiguous()
+    if labels.shape[1] == 0:
+        raise ValueError(f"{name} has no label columns (shape {tuple(labels.shape)})")
+    if labels.dtype.is_complex:
+        raise TypeError(f"{name}: multi-hot labels must be bool, integer or floating point, got {labels.dtype}")
+    if labels.dtype != torch.bool and not bool(((labels == 0) | (labels == 1)).all()):
+        raise ValueError(f"{name}: a 2-D label matrix must be multi-hot (only 0 and 1)")
+    return _pack_rows(labels != 0)
+
+
+def _pack_rows(on: torch.Tensor) -> torch.Tensor:
+    """(N, C) bool -> (N, ceil(C/64)) int64 bitmasks, LSB-first like packed codes; 4M elements at a time."""
+    n, c = on.shape
+    words = (c + 63) // 64
+    weights = torch.ones(64, dtype=torch.int64, device=on.device) << torch.arange(64, device=on.device)
+    out = torch.empty(n, words, dtype=torch.int64, device=on.device)
+    step = max(1, _CHUNK // (words * 64))
+    for s in range(0, n, step):
+        part = torch.nn.functional.pad(on[s:s + step].to(torch.int64), (0, words * 64 - c))
+        out[s:s + step] = (part.view(-1, words, 64) * weights).sum(-1)  # distinct powers of two: sum == OR
+    return out
+
+
+def _prepare(q, db, q_labels, db_labels, bits):
+    q, db = _checks.query_and_database(q, db)
+    bits = _checks.bit_lengths(bits, q.shape[1])
+    if len(bits) > _MAX_LENGTHS:
+        raise ValueError(f"bits: at most {_MAX_LENGTHS} code lengths per call, got {len(bits)}")
+    if db.shape[0] >= 1 << 32:
+        raise ValueError(f"db: at most 2^32 - 1 codes per call, got {db.shape[0]}")
+    ql = _labels_of(q_labels, "q_labels", q.shape[0], "q", q.device)
+    dl = _labels_of(db_labels, "db_labels", db.shape[0], "db", db.device)
+    if ql.dim() != dl.dim():
+        raise ValueError("q_labels and db_labels must be of one kind: both 1-D class indices or both 2-D multi-hot, "
+                         f"got shapes {tuple(q_labels.shape)} and {tuple(db_labels.shape)}")
+    if ql.dim() == 2 and q_labels.shape[1] != db_labels.shape[1]:
+        raise ValueError(f"q_labels and db_labels must have the same number of classes, got {q_labels.shape[1]} and {db_labels.shape[1]}")
+    return q.contiguous(), db.contiguous(), ql, dl, list(bits)
+
+
+def _choice(name: str, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} must be one of {allowed}")
+    return value
+
+
+def _topk(topk, n: int, name: str = "topk") -> Optional[int]:
+    return None if topk is None else _checks.positive_k(topk, n, name)
+
+
+def _reduce(per_query: torch.Tensor, reduction: str) -> torch.Tensor:
+    return per_query.mean(1) if reduction == "mean" else per_query
+
+
+def _histograms(q, db, ql, dl, bits, backend):
+    return op("distance_histogram", choose(backend, q.device))(q, db, ql, dl, bits)
+
+
+# ---------------------------------------------------------------- closed forms on the histograms
+
+
+def _bin_sums(n_below: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S1 = sum_{i=1..n} 1/(N+i) and S2 = sum_{i=1..n} (i-1)/(N+i) for N = n_below (float64)."""
+    s1 = torch.special.digamma(n_below + n + 1) - torch.special.digamma(n_below + 1)
+    return s1, n - (n_below + 1) * s1
+
+
+def _expected_bin_precision(n_below, r_below, n, r):
+    """E[sum of the precisions of the relevant items of a bin] over random orders inside it.
+
+    Position i of the bin is relevant with probability r/n; given that, the bin holds on average
+    1 + (i-1)(r-1)/(n-1) relevant items up to i, so precision = (R_<d + that) / (N_<d + i).
+    """
+    s1, s2 = _bin_sums(n_below, n)
+    frac = torch.where(n > 1, (r - 1) / (n - 1).clamp(min=1), torch.zeros_like(n))
+    return torch.where(n > 0, r / n.clamp(min=1) * ((r_below + 1) * s1 + frac * s2), torch.zeros_like(n))
+
+
+def _log_choose(a, b):
+    return torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)
+
+
+def tie_aware_ap(tot: torch.Tensor, rel: torch.Tensor, topk: Optional[int] = None) -> torch.Tensor:
+    """Tie-aware AP (L, Q) float64 from histograms: the exact expectation over uniformly random
+    orders of the items inside every distance bin (McFee & Lanckriet 2010; He et al. CVPR 2018).
+
+    topk: AP@k normalised by the relevant items within the top k (0 if none). The bin d* that
+    straddles position k gives m = k - N_<d* of its n items; the relevant count X among them is
+    hypergeometric(n, r, m) and, given X = x, its relevant items are uniform over the m slots, so
+    E[AP@k] = sum_x P(X = x) (S_full + T(x)) / (R_<d* + x), S_full the expected precision sum of
+    the bins before d* (independent of X), T(x) that of the straddling part.
+    """
+    tot, rel = tot.double(), rel.double()
+    n_le, r_le = tot.cumsum(-1), rel.cumsum(-1)
+    n_below, r_below = n_le - tot, r_le - rel
+    per_bin = _expected_bin_precision(n_below, r_below, tot, rel)
+    if topk is None:
+        r_all = r_le[..., -1]
+        return torch.where(r_all > 0, per_bin.sum(-1) / r_all.clamp(min=1), torch.zeros_like(r_all))
+    # d*: the first bin whose cumulative count reaches k (exists: k <= N).
+    dstar = (n_le < topk).sum(-1, keepdim=True)
+    s_full = torch.where(torch.arange(tot.shape[-1], device=tot.device) < dstar, per_bin, 0.0).sum(-1)
+    take = lambda t: t.gather(-1, dstar).squeeze(-1)  # noqa: E731
+    n, r, nb, rb = take(tot), take(rel), take(n_below), take(r_below)
+    m = topk - nb
+    s1, s2 = _bin_sums(nb, m)
+    flat = [t.reshape(-1) for t in (n, r, nb, rb, m, s1, s2, s_full)]
+    out = torch.empty_like(flat[0])
+    x_max = int(torch.minimum(flat[1], flat[4]).max().item()) if out.numel() else 0
+    xs = torch.arange(x_max + 1, dtype=torch.float64, device=tot.device)
+    step = max(1, _CHUNK // (x_max + 1))
+    for s in range(0, out.numel(), step):
+        n_, r_, nb_, rb_, m_, s1_, s2_, sf_ = (t[s:s + step, None] for t in flat)
+        ok = (xs <= r_) & (xs <= m_) & (m_ - xs <= n_ - r_)
+        x = torch.where(ok, xs, 0.0)
+        log_p = _log_choose(r_, x) + _log_choose(n_ - r_, (m_ - x).clamp(min=0)) - _log_choose(n_, m_)
+        p = torch.where(ok, torch.exp(log_p), 0.0)
+        frac = torch.where(m_ > 1, (x - 1) / (m_ - 1).clamp(min=1), 0.0)
+        t = x / m_ * ((rb_ + 1) * s1_ + frac * s2_)
+        denom = rb_ + x
+        out[s:s + step] = (p * torch.where(denom > 0, (sf_ + t) / denom.clamp(min=1), 0.0)).sum(-1)
+    return out.view(n.shape)
+
+
+def _expected_hits(tot: torch.Tensor, rel: torch.Tensor, k: int) -> torch.Tensor:
+    """E[relevant items within the top k] (L, Q) over random tie orders: R_<d* + m r / n."""
+    tot, rel = tot.double(), rel.double()
+    n_le = tot.cumsum(-1)
+    dstar = (n_le < k).sum(-1, keepdim=True)
+    take = lambda t: t.gather(-1, dstar).squeeze(-1)  # noqa: E731
+    n, r = take(tot), take(rel)
+    m = k - (take(n_le) - n)
+    return take(rel.cumsum(-1)) - r + m * r / n
+
+
+# ---------------------------------------------------------------- public API
+
+
+def mean_average_precision(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor,
+                           bits: Optional[Iterable[int]] = None, topk: Optional[int] = None, ties: str = "index",
+                           reduction: str = "mean", *, backend: Optional[str] = None) -> torch.Tensor:
+    """mAP (or mAP@topk) of every code length: (L,) float64, or (L, Q) per-query AP with reduction="none".
+
+    q, db: packed codes (Q, W), (N, W) int64; q_labels, db_labels: class indices (Q,), (N,) or
+    multi-hot (Q, C), (N, C). bits: strictly increasing lengths (default 8, 16, ... up to 64*W).
+    topk: AP over the first topk retrieved, normalised by the relevant items found there (0 when
+    none), as DeepHash-pytorch's CalcTopMap; None ranks the whole database.
+    ties="index": rank by (distance, database index), equal to CalcTopMap with a stable sort;
+    ties="average": tie-aware AP, the exact expectation over random orders of equidistant items.
+    """
+    q, db, ql, dl, bits = _prepare(q, db, q_labels, db_labels, bits)
+    topk = _topk(topk, db.shape[0])
+    _choice("ties", ties, TIES)
+    _choice("reduction", reduction, REDUCTIONS)
+    if ties == "index":
+        ap, _ = op("index_ap", choose(backend, q.device))(q, db, ql, dl, bits, topk)
+    else:
+        ap = tie_aware_ap(*_histograms(q, db, ql, dl, bits, backend), topk)
+    return _reduce(ap, reduction)
+
+
+def precision_at_radius(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor,
+                        bits: Optional[Iterable[int]] = None, radius: int = 2, reduction: str = "mean", *,
+                        backend: Optional[str] = None) -> torch.Tensor:
+    """Hash-lookup precision: relevant / retrieved among the items within Hamming `radius` (<=),
+    0 for a query that retrieves nothing (the usual P@H<=2 convention). (L,) or (L, Q) float64."""
+    q, db, ql, dl, bits = _prepare(q, db, q_labels, db_labels, bits)
+    if isinstance(radius, bool) or not isinstance(radius, int):
+        raise TypeError(f"radius must be an int, got {type(radius).__name__}")
+    if radius < 0:
+        raise ValueError(f"radius={radius} must be >= 0")
+    _choice("reduction", reduction, REDUCTIONS)
+    tot, rel = _histograms(q, db, ql, dl, bits, backend)
+    r = min(radius, tot.shape[-1] - 1)
+    got, good = tot[..., : r + 1].sum(-1).double(), rel[..., : r + 1].sum(-1).double()
+    return _reduce(torch.where(got > 0, good / got.clamp(min=1), 0.0), reduction)
+
+
+def precision_recall_curve(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor,
+                           bits: Optional[Iterable[int]] = None, reduction: str = "mean", *,
+                           backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Precision and recall of Hamming-ball retrieval at every radius 0..max(bits).
+
+    Returns (precision, recall), each (L, max(bits) + 1) float64 (or (L, Q, max(bits) + 1) with
+    reduction="none"); entry [l, r] retrieves the items within distance <= r at length bits[l].
+    Per query: precision = relevant / retrieved (0 when nothing is retrieved), recall = relevant
+    retrieved / all relevant (0 when the query has no relevant item).
+    """
+    q, db, ql, dl, bits = _prepare(q, db, q_labels, db_labels, bits)
+    _choice("reduction", reduction, REDUCTIONS)
+    tot, rel = _histograms(q, db, ql, dl, bits, backend)
+    got, good = tot.cumsum(-1).double(), rel.cumsum(-1).double()
+    every = good[..., -1:]
+    precision = torch.where(got > 0, good / got.clamp(min=1), 0.0)
+    recall = torch.where(every > 0, good / every.clamp(min=1), 0.0)
+    return _reduce(precision, reduction), _reduce(recall, reduction)
+
+
+def _hits_at_k(q, db, q_labels, db_labels, k, bits, ties, backend, want_total: bool):
+    q, db, ql, dl, bits = _prepare(q, db, q_labels, db_labels, bits)
+    k = _topk(k, db.shape[0], "k")
+    if k is None:
+        raise TypeError("k must be an int, got None")
+    _choice("ties", ties, TIES)
+    hist = _histograms(q, db, ql, dl, bits, backend) if (want_total or ties == "average") else None
+    if ties == "index":
+        _, hits = op("index_ap", choose(backend, q.device))(q, db, ql, dl, bits, k)
+        hits = hits.double()
+    else:
+        hits = _expected_hits(*hist, k)
+    total = hist[1].sum(-1).double() if want_total else None
+    return hits, k, total
+
+
+def precision_at_k(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor, k: int,
+                   bits: Optional[Iterable[int]] = None, ties: str = "index", reduction: str = "mean", *,
+                   backend: Optional[str] = None) -> torch.Tensor:
+    """Fraction of relevant items among the first k retrieved: (L,) or (L, Q) float64.
+    ties="index": ranked by (distance, index); "average": expectation over random tie orders."""
+    _choice("reduction", reduction, REDUCTIONS)
+    hits, k, _ = _hits_at_k(q, db, q_labels, db_labels, k, bits, ties, backend, want_total=False)
+    return _reduce(hits / k, reduction)
+
+
+def recall_at_k(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor, k: int,
+                bits: Optional[Iterable[int]] = None, ties: str = "index", reduction: str = "mean", *,
+                backend: Optional[str] = None) -> torch.Tensor:
+    """Fraction of all relevant items found among the first k retrieved (0 for a query with no
+    relevant item): (L,) or (L, Q) float64. ties as in precision_at_k."""
+    _choice("reduction", reduction, REDUCTIONS)
+    hits, _, total = _hits_at_k(q, db, q_labels, db_labels, k, bits, ties, backend, want_total=True)
+    return _reduce(torch.where(total > 0, hits / total.clamp(min=1), 0.0), reduction)
