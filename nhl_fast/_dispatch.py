@@ -88,6 +88,7 @@ def _warn_fallback(reason: str) -> None:
     warnings.warn(f"nhl_fast: using the slow torch reference: {reason}", RuntimeWarning, stacklevel=3)
 
 
+@torch.compiler.assume_constant_result  # torch.compile: decided once at trace time (fullgraph-safe)
 def choose(backend: str | None, device: torch.device) -> str:
     """The backend to run on `device`: explicit argument, then NHL_BACKEND, then auto."""
     backend = backend or os.environ.get("NHL_BACKEND", "auto")
@@ -116,5 +117,6 @@ def op(name: str, backend: str) -> Callable:
 
     if backend == "triton":
         return getattr(torch.ops.nhl_fast, f"{name}_triton")
-    extension()
+    if not torch.compiler.is_compiling():  # importlib is not traceable; nhl_fast.ops loaded it already
+        extension()
     return getattr(torch.ops.nhl_fast, name)
