@@ -76,11 +76,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bits", type=parse_bits, default=(8, 16, 32, 64, 128), help="nested code lengths")
     g.add_argument("--base-loss", default="csq", help="base deep-hashing loss of every length (default csq)")
     g.add_argument("--backbone", default=None,
-                   help="cnn (default for images), mlp, identity (default for features), or a torchvision model "
+                   help="mlp (default for digits), cnn (default for image lists), identity (default for features), or a torchvision model "
                         "(resnet18, resnet50, alexnet, vit_b_16) when torchvision is installed")
     g.add_argument("--weights", help="local pretrained weights for a torchvision backbone (never downloaded)")
     g.add_argument("--epochs", type=positive_int, default=None,
-                   help="training epochs (default 40; with --resume: the interrupted run's)")
+                   help="training epochs (default 20; with --resume: the interrupted run's)")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=1e-5)
     g.add_argument("--seed", type=int, default=0)
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train backbone + NestedHashLayer, evaluate mAP per length",
                        description="Train a backbone + NestedHashLayer with NHLObjective and print the mAP of every "
-                                   "code length. With no arguments: digits, 40 epochs, a couple of minutes on a CPU.")
+                                   "code length. With no arguments: digits, 20 epochs, a couple of minutes on a CPU.")
     _data_args(p)
     _model_args(p)
     g = p.add_argument_group("NHL objective")

@@ -38,8 +38,8 @@ def method_runs(method: str, base: TrainConfig, distill: float) -> list:
 def run_compare(args, methods, reporter: Reporter) -> str:
     base = TrainConfig(data=args.data, split=args.split, image_root=args.image_root, resize=args.resize,
                        crop=args.crop, backbone=args.backbone, weights=args.weights, base_loss=args.base_loss,
-                       bits=tuple(args.bits), epochs=args.epochs or 40, batch_size=args.batch_size or 64, lr=args.lr,
-                       weight_decay=args.weight_decay, eval_every=args.epochs or 40, topk=args.topk, ties=args.ties,
+                       bits=tuple(args.bits), epochs=args.epochs or 20, batch_size=args.batch_size or 64, lr=args.lr,
+                       weight_decay=args.weight_decay, eval_every=args.epochs or 20, topk=args.topk, ties=args.ties,
                        device=args.device, workers=args.workers, out=None)
     data = load_training_data(base)
     reporter.info(data.describe())

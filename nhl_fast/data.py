@@ -98,6 +98,7 @@ class HashingData:
     query: object
     database: object
     notes: list = field(default_factory=list)
+    backbone: Optional[str] = None  # the default backbone for this data (None: by kind)
 
     def describe(self) -> str:
         return (f"{self.name}: {len(self.train)} train / {len(self.query)} query / {len(self.database)} database, "
@@ -123,8 +124,10 @@ def load_digits_data(queries_per_class: int = 50, split_seed: int = 0) -> Hashin
     x = (x - mean) / std
     labels = torch.nn.functional.one_hot(y, 10).float()
     train = TensorSplit(x[t], labels[t])
+    # 8x8 inputs: an MLP is as accurate as the small CNN here and ~10x faster on a CPU.
     return HashingData("digits", "images", (1, 8, 8), 10, train, TensorSplit(x[q], labels[q]), train,
-                       notes=[f"{queries_per_class} queries per class (seed {split_seed}); database = training set"])
+                       notes=[f"{queries_per_class} queries per class (seed {split_seed}); database = training set"],
+                       backbone="mlp")
 
 
 # ----------------------------------------------------------------------------- feature files

@@ -31,14 +31,14 @@ class TrainConfig:
     image_root: Optional[str] = None
     resize: int = 256
     crop: int = 224
-    backbone: Optional[str] = None          # None: cnn for images, identity for features
+    backbone: Optional[str] = None          # None: the data's default (mlp for digits, cnn for images, identity for features)
     weights: Optional[str] = None
     base_loss: str = "csq"
     bits: tuple = (8, 16, 32, 64, 128)
     adaptive: bool = True
     distill: float = 0.1
     beta: float = 1.0
-    epochs: int = 40
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-5
@@ -73,7 +73,7 @@ def load_training_data(cfg: TrainConfig) -> HashingData:
 def model_config(cfg: TrainConfig, data: HashingData) -> dict:
     """What eval/encode need to rebuild the model and reload the data (stored in every checkpoint)."""
     d = asdict(cfg)
-    d.update(bits=list(cfg.bits), backbone=cfg.backbone or default_backbone(data.kind),
+    d.update(bits=list(cfg.bits), backbone=cfg.backbone or data.backbone or default_backbone(data.kind),
              input_shape=list(data.input_shape), num_classes=data.num_classes, data_name=data.name,
              data_kind=data.kind)
     return d
