@@ -141,9 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="directory for compare.md / compare.json / plots")
     _run_args(p)
 
-    p = sub.add_parser("bench", help="run the benchmark scripts bench/*.py (results in bench/results/)")
+    p = sub.add_parser("bench", help="run the benchmark scripts bench/bench_*.py (results in bench/results/)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     p.add_argument("--only", help="comma-separated script names (e.g. bench_map)")
+    p.add_argument("--device", default=None, help="passed to every script (cpu or cuda)")
     p.add_argument("--dir", default=None, help="benchmark directory (default: ./bench or the source tree's)")
     p.add_argument("--quiet", "-q", action="store_true")
     return parser

@@ -174,7 +174,7 @@ def _bench_dir(arg) -> str:
 
 def cmd_bench(args) -> int:
     d = _bench_dir(args.dir)
-    scripts = sorted(f for f in os.listdir(d) if f.endswith(".py") and not f.startswith("_")) \
+    scripts = sorted(f for f in os.listdir(d) if f.startswith("bench_") and f.endswith(".py")) \
         if os.path.isdir(d) else []
     if args.only:
         want = {w.strip().removesuffix(".py") for w in args.only.split(",")}
@@ -183,11 +183,12 @@ def cmd_bench(args) -> int:
             raise ValueError(f"--only: no benchmark script {', '.join(sorted(missing))} in {d}")
         scripts = [s for s in scripts if s[:-3] in want]
     if not scripts:
-        print(f"no benchmark scripts (bench/*.py) in {os.path.abspath(d)}")
+        print(f"no benchmark scripts (bench/bench_*.py) in {os.path.abspath(d)}")
         return 0
     failed = []
     for s in scripts:
-        cmd = [sys.executable, os.path.join(d, s)] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, os.path.join(d, s)] + (["--quick"] if args.quick else []) + \
+            (["--device", args.device] if args.device else [])
         print(f"== {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.call(cmd, stdout=subprocess.DEVNULL if args.quiet else None)

@@ -244,6 +244,7 @@ def test_bench_runs_scripts(tmp_path, capsys):
     d = tmp_path / "bench"
     d.mkdir()
     (d / "_common.py").write_text("raise SystemExit('helpers are not run')\n")
+    (d / "calc_top_map.py").write_text("raise SystemExit('nor baselines')\n")
     (d / "bench_ok.py").write_text("import sys\nprint('ran', sys.argv[1:])\n")
     (d / "bench_fail.py").write_text("raise SystemExit(3)\n")
     rc, out, _ = _run(["bench", "--dir", str(d), "--quick", "--only", "bench_ok"], capsys)
