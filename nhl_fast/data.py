@@ -171,7 +171,7 @@ def _check_features(feats, path: str) -> np.ndarray:
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise DataError(f"{path}: 'features' row {r} column {c} is {feats[r, c]} "
-                        f"({int(bad.any(1).sum())} rows have NaN/inf values)")
+                        f"(rows with NaN/inf values: {int(bad.any(1).sum())})")
     return feats.astype(np.float32, copy=False)
 
 
