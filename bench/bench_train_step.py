@@ -7,6 +7,7 @@
              distillation), literally: K matmuls, K analysis backward passes reading W.grad,
              .item() host syncs and Python loops for the weights, a second forward + backward.
   single     one 128-bit head (nn.Linear) + CSQ on 128 bits: the floor any multi-length step pays.
+  (ablations: ours without adaptive weights, and without adaptive weights and distillation)
 
 Features X (B, in) are a leaf with requires_grad (the backbone's output: every step also
 computes dL/dX). Same optimizer (SGD, momentum) in all three. Also: encode throughput
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -121,17 +123,40 @@ def bench_step(batch, n_in, bits, ncls, device, repeat):
         single_loss(single_head(x), y, idx)[0].backward()
         opt_single.step()
 
-    fns = {"ours": ours, "reference": reference, "single_128": single}
+    # ablations of ours: where the time over the single head goes
+    obj_no_adapt = nf.NHLObjective("csq", bits, adaptive=False, distill=0.1, num_classes=ncls).to(device)
+    obj_plain = nf.NHLObjective("csq", bits, adaptive=False, distill=0.0, num_classes=ncls).to(device)
+
+    def ablation(o):
+        def step():
+            opt_ours.zero_grad()
+            x.grad = None
+            o(layer(x), y, idx).backward()
+            opt_ours.step()
+        return step
+
+    fns = {"ours": ours, "reference": reference, "single_128": single,
+           "ours_no_adaptive": ablation(obj_no_adapt), "ours_no_adaptive_no_distill": ablation(obj_plain)}
     for fn in fns.values():  # warm up every variant before timing any
         fn()
-    # interleave the variants' repeats so machine noise hits all three alike
+    # Interleave the variants' repeats so machine noise hits all three alike. On CPU with one
+    # thread the step runs on this thread (the autograd engine runs CPU backward on the caller),
+    # so its CPU time (time.thread_time) is the step's cost without other tenants' preemption.
+    cpu_clock = device.type == "cpu" and torch.get_num_threads() == 1
     times = {name: [] for name in fns}
+    walls = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            times[name].append(timeit(fn, device=device, warmup=0, repeat=3)["min_s"])
-    row = {"batch": batch, "in_features": n_in, "bits": list(bits), "loss": "csq", "adaptive": True, "distill": 0.1}
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fn()
+            sync(device)
+            walls[name].append(time.perf_counter() - t0)
+            times[name].append(time.thread_time() - c0 if cpu_clock else walls[name][-1])
+    row = {"batch": batch, "in_features": n_in, "bits": list(bits), "loss": "csq", "adaptive": True, "distill": 0.1,
+           "clock": "thread CPU time" if cpu_clock else "wall"}
     for name, ts in times.items():
         row[f"{name}_ms"] = 1e3 * min(ts)
+        row[f"{name}_wall_ms"] = 1e3 * min(walls[name])
     row["ours_over_single"] = row["ours_ms"] / row["single_128_ms"]
     row["reference_over_ours"] = row["reference_ms"] / row["ours_ms"]
     row["weights"] = obj.last_weights.tolist()
@@ -161,12 +186,17 @@ def bench_encode(n, n_in, bits, device, repeat):
 
 
 def main():
-    args = parser(__doc__).parse_args()
+    p = parser(__doc__)
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (default 1: a shared, oversubscribed CPU makes OpenMP timings erratic)")
+    args = p.parse_args()
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     bits = (8, 16, 32, 64, 128)
     n_in = 256 if args.quick else 2048
     batches = (16,) if args.quick else (64, 128)
-    repeat = 2 if args.quick else 9
+    repeat = 3 if args.quick else 30
     steps = []
     for batch in batches:
         row = bench_step(batch, n_in, bits, 10, device, repeat)
@@ -181,7 +211,8 @@ def main():
     path = write_results(args.out or ("bench_train_step_quick" if args.quick else "bench_train_step"), {
         "device": str(device),
         "base_loss": "csq (registered nhl_fast.losses CSQ; the reference-style step uses one per-length CSQ each)",
-        "timing": "min over interleaved repeats of the min of 3 runs, after one warm-up step of each variant",
+        "timing": "min over 30 interleaved repeats after one warm-up step of each variant; CPU: thread CPU time "
+                  "with torch.set_num_threads(1) (the *_wall_ms fields: wall clock, noisy on a shared machine)",
         "train_step": steps,
         "encode": enc,
     })

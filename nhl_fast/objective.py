@@ -14,15 +14,19 @@ How it is computed. The reference runs K extra backward passes and reads W.grad 
 time. Here, with z = x W^T + b the pre-activation, g_k = G_k^T X where G_k = dO_k/dz
 (B x b_max), so
     <g_i[:b], g_j[:b]> = <G_i[:, :b], (X X^T) G_j[:, :b]>.
-All K matrices G_k come from ONE batched autograd call over the loss graph only
-(``is_grads_batched``: the backbone and the projection are never traversed), then one
-B x B Gram gives all K(K-1)/2 dots and K norms, on device, with no host sync.
-When B > K b_max the direct form g_k = G_k^T X is cheaper and is used instead.
+The K base-loss parts dL_k/dz come from ONE batched autograd call over the base-loss
+graph only (``is_grads_batched``: the backbone and the projection are never traversed;
+K passes over that graph if vmap cannot batch one of its ops), the distillation parts
+are closed-form (below); then one B x B Gram, applied to the sum(b_k) nonzero columns,
+gives all K(K-1)/2 dots and K norms, on device, with no host sync.
+When B > sum(b_k) the direct form g_k = G_k^T X is cheaper and is used instead.
 
 Distillation D_k (k < K): ||N(S_{k+1}) - N(S_k)||_F^2 / B^2 with S_k = u_k u_k^T,
 N = row L2-normalisation, the teacher S_{k+1} detached. All K Grams come from cumulative
 prefix blocks: S_{k+1} = S_k + u[:, b_k:b_{k+1}] u[:, b_k:b_{k+1}]^T (total cost: one
-b_max-wide Gram).
+b_max-wide Gram). Its gradient is closed-form (cascade_distill_grad: dD/dS from the
+normalisation, then (A + A^T) u_k), used both for the adaptive weights and, through a
+value-neutral surrogate term, for the final backward: no autograd graph, no vmap over it.
 
 faithful=True reproduces the reference step (model_grand_sd.py, RML_E + analysis) with
 its quirks, for comparison:
@@ -50,9 +54,8 @@ from nhl_fast.losses import NestedLoss, PerLengthLoss, get_loss, multi_hot
 from nhl_fast.reference import relax_grad
 
 
-def cascade_distill(u: Tensor, bit_list: Sequence[int]) -> Tensor:
-    """(K-1,) similarity-preserving losses D_k between prefix k (student) and k+1 (teacher, detached)."""
-    batch = u.shape[0]
+def _prefix_grams(u: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(K, B, B) S_k = u[:, :b_k] u[:, :b_k]^T from cumulative blocks (one b_max-wide Gram in total)."""
     grams, gram, lo = [], None, 0
     for b in bit_list:
         block = u[:, lo:b]
@@ -60,9 +63,52 @@ def cascade_distill(u: Tensor, bit_list: Sequence[int]) -> Tensor:
         gram = part if gram is None else gram + part
         grams.append(gram)
         lo = b
-    normed = F.normalize(torch.stack(grams), dim=2)  # row-normalise each (B, B) Gram
+    return torch.stack(grams)
+
+
+def cascade_distill(u: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(K-1,) similarity-preserving losses D_k between prefix k (student) and k+1 (teacher, detached).
+
+    Differentiable (autograd); the objective itself uses cascade_distill_parts + cascade_distill_grad.
+    """
+    batch = u.shape[0]
+    normed = F.normalize(_prefix_grams(u, bit_list), dim=2)  # row-normalise each (B, B) Gram
     diff = normed[1:].detach() - normed[:-1]
     return (diff * diff).sum((1, 2)) / (batch * batch)
+
+
+_EPS = 1e-12  # F.normalize's
+
+
+@torch.no_grad()
+def cascade_distill_parts(u: Tensor, bit_list: Sequence[int]):
+    """(D (K-1,), N (K, B, B) row-normalised Grams, r (K, B, 1) their clamped row norms), no graph."""
+    batch = u.shape[0]
+    grams = _prefix_grams(u, bit_list)
+    norms = torch.linalg.vector_norm(grams, dim=2, keepdim=True).clamp_min(_EPS)
+    normed = grams / norms
+    diff = normed[1:] - normed[:-1]
+    return (diff * diff).sum((1, 2)) / (batch * batch), normed, norms
+
+
+@torch.no_grad()
+def cascade_distill_grad(u: Tensor, normed: Tensor, norms: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(K, B, b_max) dD_k/du in closed form (row K is 0: the longest code has no teacher).
+
+    With E = dD/dN = 2 (N_k - N_{k+1}) / B^2 and N = S / r row-wise:
+    dD/dS = (E - N rowsum(E * N)) / r (just E / r where r was clamped), and S = u_k u_k^T
+    gives dD/du_k = (A + A^T) u_k. K - 1 small batched products instead of a vmapped
+    backward through K Gram graphs.
+    """
+    batch = u.shape[0]
+    student, teacher, r = normed[:-1], normed[1:], norms[:-1]
+    e = 2 * (student - teacher) / (batch * batch)
+    a = torch.where(r > _EPS, e - student * (e * student).sum(2, keepdim=True), e) / r
+    sym = a + a.transpose(1, 2)
+    g = u.new_zeros((len(bit_list),) + tuple(u.shape))
+    for k, b in enumerate(bit_list[:-1]):
+        g[k, :, :b] = sym[k] @ u[:, :b]  # only the b_k columns D_k depends on
+    return g
 
 
 def length_mask(bit_list: Sequence[int], device, dtype) -> Tensor:
@@ -71,19 +117,27 @@ def length_mask(bit_list: Sequence[int], device, dtype) -> Tensor:
     return torch.stack([cols < b for b in bit_list]).to(dtype)
 
 
-def gradient_dots(G: Tensor, x: Tensor, mask: Tensor) -> Tensor:
-    """(K, K) d[i, j] = <g_i[:b_i rows], g_j[:b_i rows]> with g_k = G_k^T x, in one GEMM.
+def gradient_dots(G: Tensor, x: Tensor, mask: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(K, K) d[i, j] = <g_i[:b_i rows], g_j[:b_i rows]> with g_k = G_k^T x.
 
     G: (K, B, b_max) gradients w.r.t. the pre-activation; x: (B, in) the layer input;
-    mask: length_mask(bit_list). Masking the left factor to b_i columns restricts the dot.
+    mask: length_mask(bit_list). G_k is masked to its first b_k columns (O_k depends on
+    nothing else), so every dot is a full inner product <G_i, (X X^T) G_j>, and the
+    B x B Gram multiplies only the sum(b_k) nonzero columns.
     """
     k, batch, b_max = G.shape
     left = G * mask[:, None, :]
-    if batch <= k * b_max:  # via the B x B Gram of the input: <G_i, (X X^T) G_j>
-        right = ((x @ x.T) @ G.transpose(0, 1).reshape(batch, k * b_max)).view(batch, k, b_max).transpose(0, 1)
+    if batch <= sum(bit_list):  # via the B x B Gram of the input
+        packed = torch.cat([left[i, :, :b] for i, b in enumerate(bit_list)], dim=1)  # (B, sum b_k)
+        hp = (x @ x.T) @ packed
+        right = torch.zeros_like(left)
+        lo = 0
+        for i, b in enumerate(bit_list):
+            right[i, :, :b] = hp[:, lo:lo + b]
+            lo += b
         return left.reshape(k, -1) @ right.reshape(k, -1).T
-    g = G.transpose(1, 2) @ x  # (K, b_max, in): the weight gradients themselves (cheaper for huge B)
-    return (g * mask[:, :, None]).reshape(k, -1) @ g.reshape(k, -1).T
+    g = left.transpose(1, 2) @ x  # (K, b_max, in): the weight gradients themselves (cheaper for huge B)
+    return g.reshape(k, -1) @ g.reshape(k, -1).T
 
 
 def dominance_weights(dots: Tensor, beta: float, faithful: bool = False):
@@ -170,67 +224,89 @@ class NHLObjective(nn.Module):
             return labels  # the user's callable, the user's label convention
         return multi_hot(labels, self.base.num_classes)
 
-    def per_length(self, u_list, labels: Tensor, indices: Optional[Tensor] = None):
-        """(O (K,), L (K,), D (K-1,)): per-length objectives O_k = L_k + distill * D_k, losses, distillation."""
-        u = self._full_codes(u_list)
+    def _base_losses(self, u: Tensor, labels: Tensor, indices: Optional[Tensor]) -> Tensor:
         losses = self.base(u, self._labels(labels), indices)
         if losses.shape != (len(self.bit_list),):
             raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({len(self.bit_list)},)")
-        if self.distill > 0 and len(self.bit_list) > 1:
-            dist = cascade_distill(u, self.bit_list)
-            return losses + self.distill * F.pad(dist, (0, 1)), losses, dist
-        return losses, losses, losses.new_zeros(max(len(self.bit_list) - 1, 0))
+        return losses
 
-    def _pre_activation_grads(self, per_len: Tensor, u: Tensor, codes) -> Tensor:
-        """(K, B, b_max) G_k = dO_k/dz through the loss graph only (one batched autograd call)."""
-        k = per_len.shape[0]
-        eye = torch.eye(k, dtype=per_len.dtype, device=per_len.device)
+    def _mask(self, device, dtype) -> Tensor:
+        key = (device, dtype)
+        if key not in self._masks:
+            self._masks[key] = length_mask(self.bit_list, device, dtype)
+        return self._masks[key]
+
+    def _loss_grads(self, losses: Tensor, u: Tensor) -> Tensor:
+        """(K, B, b_max) dL_k/du through the base loss graph only (one batched autograd call)."""
+        k = losses.shape[0]
         G = None
         if self._batched_grad:
+            eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
             try:
-                (G,) = torch.autograd.grad(per_len, u, eye, retain_graph=True, allow_unused=True,
+                (G,) = torch.autograd.grad(losses, u, eye, retain_graph=True, allow_unused=True,
                                            is_grads_batched=True)
             except RuntimeError:  # a loss op vmap cannot batch: fall back to K passes over the loss graph
                 self._batched_grad = False
         if not self._batched_grad:
-            parts = [torch.autograd.grad(per_len[i], u, retain_graph=True, allow_unused=True)[0] for i in range(k)]
+            parts = [torch.autograd.grad(losses[i], u, retain_graph=True, allow_unused=True)[0] for i in range(k)]
             G = torch.stack([p if p is not None else torch.zeros_like(u) for p in parts])
-        if G is None:
-            G = u.new_zeros((k,) + tuple(u.shape))
-        relax = getattr(codes, "relax", "none")
-        return relax_grad(G, relax, getattr(codes, "full", None), getattr(codes, "pre", None))
+        return u.new_zeros((k,) + tuple(u.shape)) if G is None else G
 
     def forward(self, u_list, labels: Tensor, indices: Optional[Tensor] = None, *, x: Optional[Tensor] = None) -> Tensor:
-        per_len, losses, dist = self.per_length(u_list, labels, indices)
-        k = per_len.shape[0]
-        self.last_losses, self.last_distill = losses.detach(), dist.detach()
-        if not (self.adaptive and k > 1 and per_len.requires_grad):
-            weights = torch.ones_like(per_len)
-            self.last_weights, self.last_conflicts, self.last_grad_dots = weights.detach(), None, None
-            return per_len.sum()
         u = self._full_codes(u_list)
+        k = len(self.bit_list)
+        losses = self._base_losses(u, labels, indices)
+        training = torch.is_grad_enabled() and u.requires_grad
+        use_distill = self.distill > 0 and k > 1
+        acc = torch.promote_types(u.dtype, torch.float32)
+        mask = self._mask(u.device, acc)
+        if use_distill:
+            # D needs no autograd graph: its gradient is closed-form (cascade_distill_grad) and enters
+            # the final loss through a value-neutral surrogate term below.
+            u_acc = u.detach().to(acc)
+            dist, normed, norms = cascade_distill_parts(u_acc, self.bit_list)
+            grad_d = cascade_distill_grad(u_acc, normed, norms, self.bit_list) if training else None
+        else:
+            dist, grad_d = losses.new_zeros(k - 1).detach(), None
+        self.last_losses, self.last_distill = losses.detach(), dist
+        weights = torch.ones(k, dtype=acc, device=u.device)
         codes = u_list if isinstance(u_list, NestedCodes) else None
-        inputs = codes.input if codes is not None else x
-        if inputs is None:
-            raise ValueError("adaptive=True needs the layer input: pass the NestedCodes that NestedHashLayer "
-                             "returns, or x= (the input of a raw linear head)")
-        G = self._pre_activation_grads(per_len, u, codes)
-        acc = torch.promote_types(G.dtype, torch.float32)
-        G, xin = G.detach().to(acc), inputs.detach().to(acc)
-        key = (G.device, acc)
-        if key not in self._masks:
-            self._masks[key] = length_mask(self.bit_list, G.device, acc)
-        dots = gradient_dots(G, xin, self._masks[key])
-        weights, conflicts = dominance_weights(dots, self.beta, self.faithful)
-        self.last_weights, self.last_conflicts, self.last_grad_dots = weights, conflicts, dots
-        weights = weights.to(per_len.dtype)
-        if not self.faithful:
-            return (weights * per_len).sum()
-        # quirk 3: zip(ws, criterions, outputs, distill_losses) stops at K-1 with distillation on
-        total = (weights[:-1] * per_len[:-1]).sum() if self.distill > 0 else (weights * per_len).sum()
-        # quirk 2: the head keeps the last analysis pass's gradient dO_K/d(W, b)
-        if codes is None or codes.weight is None:
-            raise ValueError("faithful=True needs the NestedCodes of NestedHashLayer (it touches W and b)")
-        g_last = G[-1].to(codes.weight.dtype)
-        surrogate = (codes.weight * (g_last.T @ xin.to(g_last.dtype))).sum() + (codes.bias * g_last.sum(0)).sum()
-        return total + (surrogate - surrogate.detach())
+        G = None
+        if self.adaptive and k > 1 and training:
+            inputs = codes.input if codes is not None else x
+            if inputs is None:
+                raise ValueError("adaptive=True needs the layer input: pass the NestedCodes that NestedHashLayer "
+                                 "returns, or x= (the input of a raw linear head)")
+            G = self._loss_grads(losses, u)
+            with torch.no_grad():  # the weights are constants of the final backward
+                G = G.to(acc)
+                if grad_d is not None:
+                    G = G + self.distill * grad_d
+                if codes is not None:
+                    G = relax_grad(G, codes.relax, codes.full, codes.pre)
+                dots = gradient_dots(G, inputs.to(acc), mask, self.bit_list)
+                weights, conflicts = dominance_weights(dots, self.beta, self.faithful)
+            self.last_conflicts, self.last_grad_dots = conflicts, dots
+        else:
+            self.last_conflicts, self.last_grad_dots = None, None
+        self.last_weights = weights
+        final = weights
+        if self.faithful and G is not None and use_distill:
+            # quirk 3: zip(ws, criterions, outputs, distill_losses) stops at K-1 with distillation on
+            final = F.pad(weights[:-1], (0, 1))
+        total = (final.to(losses.dtype) * losses).sum()
+        if use_distill:
+            coef = self.distill * final[:-1]
+            total = total + (coef * dist).sum().to(total.dtype)
+            if training:
+                surrogate = (u * (coef[:, None, None] * grad_d[:-1]).sum(0).to(u.dtype)).sum()
+                total = total + (surrogate - surrogate.detach()).to(total.dtype)
+        if self.faithful and G is not None:
+            # quirk 2: the head keeps the last analysis pass's gradient dO_K/d(W, b)
+            if codes is None or codes.weight is None:
+                raise ValueError("faithful=True needs the NestedCodes of NestedHashLayer (it touches W and b)")
+            g_last = G[-1].to(codes.weight.dtype)  # computed under no_grad: a constant
+            xin = codes.input.detach().to(g_last.dtype)
+            surrogate = (codes.weight * (g_last.T @ xin)).sum() + (codes.bias * g_last.sum(0)).sum()
+            total = total + (surrogate - surrogate.detach()).to(total.dtype)
+        return total

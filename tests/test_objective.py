@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nhl_fast as nf
-from nhl_fast.objective import cascade_distill
+from nhl_fast.objective import cascade_distill, cascade_distill_grad, cascade_distill_parts
 
 BITS = (4, 8, 13, 30)  # any increasing lengths; 13 and 30 are not powers of two
 N_CLASS = 5
@@ -103,6 +103,7 @@ def test_adaptive_weights_match_k_separate_backward_passes(relax, distill, seed)
     per_length = naive_per_length(layer(net(x)), fn, labels, idx, distill)
     want = naive_weights(per_length, layer.weight, BITS, beta)
     torch.testing.assert_close(obj.last_weights, want, rtol=1e-6, atol=0)
+    assert not obj.last_weights.requires_grad  # constants of the final backward
     assert not torch.allclose(want, torch.ones_like(want))  # conflicts happened: the test can fail
     assert bool(obj.last_conflicts.any())
     # the final loss and its gradient: the weights are constants of the backward
@@ -114,8 +115,8 @@ def test_adaptive_weights_match_k_separate_backward_passes(relax, distill, seed)
 
 
 def test_adaptive_weights_direct_path_for_large_batches():
-    # B > K * b_max takes the g_k = G_k^T X branch instead of the B x B Gram
-    net, layer, x, labels, idx = make_problem(1, n_in=6, batch=4 * BITS[-1] + 3)
+    # B > sum(b_k) takes the g_k = G_k^T X branch instead of the B x B Gram
+    net, layer, x, labels, idx = make_problem(1, n_in=6, batch=sum(BITS) + 3)
     fn = alternating_center_loss(BITS, 1)
     obj = nf.NHLObjective(fn, BITS, beta=0.5, distill=0.1)
     obj(layer(net(x)), labels, idx)
@@ -150,8 +151,16 @@ def test_distillation_matches_per_pair_formula():
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     w = torch.rand(len(BITS) - 1, dtype=torch.float64)
     (g1,) = torch.autograd.grad((w * got).sum(), u, retain_graph=True)
-    (g2,) = torch.autograd.grad((w * want).sum(), u)
+    (g2,) = torch.autograd.grad((w * want).sum(), u, retain_graph=True)
     torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-14)
+    # the closed-form gradients the objective uses, one D_k at a time, against autograd
+    dist, normed, norms = cascade_distill_parts(u.detach(), BITS)
+    torch.testing.assert_close(dist, want.detach(), rtol=1e-12, atol=1e-14)
+    closed = cascade_distill_grad(u.detach(), normed, norms, BITS)
+    for k in range(len(BITS) - 1):
+        (auto,) = torch.autograd.grad(want[k], u, retain_graph=True)
+        torch.testing.assert_close(closed[k], auto, rtol=1e-10, atol=1e-15)
+    assert torch.count_nonzero(closed[-1]) == 0
     # the teacher is detached: D_k sends no gradient to columns beyond b_k
     (g_last,) = torch.autograd.grad(got[0], u)
     assert torch.count_nonzero(g_last[:, BITS[0]:]) == 0
@@ -392,3 +401,19 @@ def test_registered_losses_weights_match_k_separate_backward_passes(name, faithf
     torch.testing.assert_close(obj.last_weights, k * w / w.sum(), rtol=1e-6, atol=0)
     if name == "csq":  # CSQ's lengths conflict on this batch (DSH's agree: weights 1, dots checked above)
         assert bool(obj.last_conflicts.any())
+
+
+def test_step_under_cpu_autocast():
+    net, layer, x, labels, idx = make_problem(1, dtype=torch.float32, relax="tanh")
+    obj = nf.NHLObjective("csq", BITS, distill=0.1, num_classes=N_CLASS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = layer(net(x))
+        loss = obj(codes, labels, idx)
+    assert codes.full.dtype == torch.bfloat16
+    loss.backward()
+    assert obj.last_weights.dtype == torch.float32 and torch.isfinite(obj.last_weights).all()
+    assert torch.isfinite(layer.weight.grad).all() and layer.weight.grad.abs().sum() > 0
+    # the weights agree with the float32 step up to bf16 rounding
+    ref = nf.NHLObjective("csq", BITS, distill=0.1, num_classes=N_CLASS)
+    ref(layer(net(x)), labels, idx)
+    torch.testing.assert_close(obj.last_weights, ref.last_weights, rtol=0.1, atol=0.05)
