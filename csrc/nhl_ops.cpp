@@ -23,6 +23,7 @@ TORCH_LIBRARY(nhl_fast, m) {
   // --- metrics: relevance histograms per distance, index-ordered AP (csrc/*/distance_histogram_*, index_ap_*) ---
   m.def("distance_histogram(Tensor q, Tensor db, Tensor q_labels, Tensor db_labels, int[] bits) -> (Tensor, Tensor)");
   m.def("index_ap(Tensor q, Tensor db, Tensor q_labels, Tensor db_labels, int[] bits, int? topk) -> (Tensor, Tensor)");
+  m.def("tie_ap(Tensor tot, Tensor rel, int? topk) -> Tensor");
 }
 
 namespace {

@@ -12,9 +12,12 @@ Nothing Q x N is ever built and the database is never sorted. Two kernels do the
   holds; so after the histogram pass a second pass in index order gives every relevant item its
   exact rank ``N_<d + p`` and relevant-rank ``R_<d + j``. Exact, not an approximation.
 
-Working set of the C++ kernel: per thread, a block of <= 8 queries times ``sum_l (bits[l] + 1)``
-64-bit bins (2 KiB per query for 8..128 bits) plus a 512-item tile of the database; the outputs
-are (L, Q[, max(bits) + 1]). The torch reference bounds its (L, chunk, N) distance tensors to 4M
+Working set of the C++ kernel, per thread: a block of <= 8 queries times ``sum_l (bits[l] + 1)``
+64-bit bins (2 KiB per query for 8..128 bits; the block shrinks to keep this <= 16 KiB), a
+512-item tile of the database, and for ``index_ap`` a log of at most 2^20 relevant-item records
+(8 MiB; a block that would overflow it re-walks the database instead). Outputs are
+(L, Q[, max(bits) + 1]); nothing grows with Q x N. CUDA: one warp per query, its histograms in
+shared memory (or a (Q, bins) global scratch when they exceed 24 KiB per query). The torch reference bounds its (L, chunk, N) distance tensors to 4M
 elements; tie-aware AP@k bounds its (rows, k) hypergeometric tensors the same way.
 
 Relevance: class indices (1-D integer tensors: equal labels are relevant) or multi-hot matrices
@@ -32,7 +35,7 @@ from nhl_fast._dispatch import choose, op
 TIES = ("index", "average")
 REDUCTIONS = ("mean", "none")
 _MAX_LENGTHS = 64
-_CHUNK = 1 << 22  # elements per temporary tensor of the closed forms below
+_CHUNK = 1 << 22  # elements per temporary tensor (label packing)
 
 
 # ---------------------------------------------------------------- argument checks
@@ -111,67 +114,16 @@ def _histograms(q, db, ql, dl, bits, backend):
 # ---------------------------------------------------------------- closed forms on the histograms
 
 
-def _bin_sums(n_below: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """S1 = sum_{i=1..n} 1/(N+i) and S2 = sum_{i=1..n} (i-1)/(N+i) for N = n_below (float64)."""
-    s1 = torch.special.digamma(n_below + n + 1) - torch.special.digamma(n_below + 1)
-    return s1, n - (n_below + 1) * s1
+def tie_aware_ap(tot: torch.Tensor, rel: torch.Tensor, topk: Optional[int] = None, *,
+                 backend: Optional[str] = None) -> torch.Tensor:
+    """Tie-aware AP (L, Q) float64 from the histograms of ``distance_histogram`` (see
+    ``reference.tie_ap`` for the closed forms). The C++ op does one row per (length, query); other
+    backends run the reference's O(L Q B) tensor ops on the histograms' device."""
+    if choose(backend, tot.device) == "cpp":
+        return op("tie_ap", "cpp")(tot, rel, topk)
+    from nhl_fast import reference
 
-
-def _expected_bin_precision(n_below, r_below, n, r):
-    """E[sum of the precisions of the relevant items of a bin] over random orders inside it.
-
-    Position i of the bin is relevant with probability r/n; given that, the bin holds on average
-    1 + (i-1)(r-1)/(n-1) relevant items up to i, so precision = (R_<d + that) / (N_<d + i).
-    """
-    s1, s2 = _bin_sums(n_below, n)
-    frac = torch.where(n > 1, (r - 1) / (n - 1).clamp(min=1), torch.zeros_like(n))
-    return torch.where(n > 0, r / n.clamp(min=1) * ((r_below + 1) * s1 + frac * s2), torch.zeros_like(n))
-
-
-def _log_choose(a, b):
-    return torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)
-
-
-def tie_aware_ap(tot: torch.Tensor, rel: torch.Tensor, topk: Optional[int] = None) -> torch.Tensor:
-    """Tie-aware AP (L, Q) float64 from histograms: the exact expectation over uniformly random
-    orders of the items inside every distance bin (McFee & Lanckriet 2010; He et al. CVPR 2018).
-
-    topk: AP@k normalised by the relevant items within the top k (0 if none). The bin d* that
-    straddles position k gives m = k - N_<d* of its n items; the relevant count X among them is
-    hypergeometric(n, r, m) and, given X = x, its relevant items are uniform over the m slots, so
-    E[AP@k] = sum_x P(X = x) (S_full + T(x)) / (R_<d* + x), S_full the expected precision sum of
-    the bins before d* (independent of X), T(x) that of the straddling part.
-    """
-    tot, rel = tot.double(), rel.double()
-    n_le, r_le = tot.cumsum(-1), rel.cumsum(-1)
-    n_below, r_below = n_le - tot, r_le - rel
-    per_bin = _expected_bin_precision(n_below, r_below, tot, rel)
-    if topk is None:
-        r_all = r_le[..., -1]
-        return torch.where(r_all > 0, per_bin.sum(-1) / r_all.clamp(min=1), torch.zeros_like(r_all))
-    # d*: the first bin whose cumulative count reaches k (exists: k <= N).
-    dstar = (n_le < topk).sum(-1, keepdim=True)
-    s_full = torch.where(torch.arange(tot.shape[-1], device=tot.device) < dstar, per_bin, 0.0).sum(-1)
-    take = lambda t: t.gather(-1, dstar).squeeze(-1)  # noqa: E731
-    n, r, nb, rb = take(tot), take(rel), take(n_below), take(r_below)
-    m = topk - nb
-    s1, s2 = _bin_sums(nb, m)
-    flat = [t.reshape(-1) for t in (n, r, nb, rb, m, s1, s2, s_full)]
-    out = torch.empty_like(flat[0])
-    x_max = int(torch.minimum(flat[1], flat[4]).max().item()) if out.numel() else 0
-    xs = torch.arange(x_max + 1, dtype=torch.float64, device=tot.device)
-    step = max(1, _CHUNK // (x_max + 1))
-    for s in range(0, out.numel(), step):
-        n_, r_, nb_, rb_, m_, s1_, s2_, sf_ = (t[s:s + step, None] for t in flat)
-        ok = (xs <= r_) & (xs <= m_) & (m_ - xs <= n_ - r_)
-        x = torch.where(ok, xs, 0.0)
-        log_p = _log_choose(r_, x) + _log_choose(n_ - r_, (m_ - x).clamp(min=0)) - _log_choose(n_, m_)
-        p = torch.where(ok, torch.exp(log_p), 0.0)
-        frac = torch.where(m_ > 1, (x - 1) / (m_ - 1).clamp(min=1), 0.0)
-        t = x / m_ * ((rb_ + 1) * s1_ + frac * s2_)
-        denom = rb_ + x
-        out[s:s + step] = (p * torch.where(denom > 0, (sf_ + t) / denom.clamp(min=1), 0.0)).sum(-1)
-    return out.view(n.shape)
+    return reference.tie_ap(tot, rel, topk)
 
 
 def _expected_hits(tot: torch.Tensor, rel: torch.Tensor, k: int) -> torch.Tensor:
@@ -207,7 +159,7 @@ def mean_average_precision(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Te
     if ties == "index":
         ap, _ = op("index_ap", choose(backend, q.device))(q, db, ql, dl, bits, topk)
     else:
-        ap = tie_aware_ap(*_histograms(q, db, ql, dl, bits, backend), topk)
+        ap = tie_aware_ap(*_histograms(q, db, ql, dl, bits, backend), topk, backend=backend)
     return _reduce(ap, reduction)
 
 

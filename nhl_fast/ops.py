@@ -150,9 +150,14 @@ def _index_ap_fake(q: Tensor, db: Tensor, q_labels: Tensor, db_labels: Tensor, b
     return q.new_empty(shape, dtype=torch.float64), q.new_empty(shape, dtype=torch.int64)
 
 
+def _tie_ap_fake(tot: Tensor, rel: Tensor, topk: Optional[int]) -> Tensor:
+    return tot.new_empty(tot.shape[:2], dtype=torch.float64)
+
+
 if _EXT is not None:
     torch.library.register_fake("nhl_fast::distance_histogram")(_distance_histogram_fake)
     torch.library.register_fake("nhl_fast::index_ap")(_index_ap_fake)
+    torch.library.register_fake("nhl_fast::tie_ap")(_tie_ap_fake)
 
 
 @torch.library.custom_op("nhl_fast::distance_histogram_triton", mutates_args=())

@@ -159,3 +159,87 @@ def index_ap(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_label
         ap[:, s:s + step] = torch.where(found > 0, prec_sum / found.clamp(min=1), 0.0)
         hits[:, s:s + step] = found.long()
     return ap, hits
+
+
+# tie-aware AP: closed forms on the histograms (the spec of csrc/cpu/tie_ap_cpu.cpp, kernels/tie_ap.h)
+
+
+def _bin_sums(n_below: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S1 = sum_{i=1..n} 1/(N+i) and S2 = sum_{i=1..n} (i-1)/(N+i) for N = n_below (float64)."""
+    s1 = torch.special.digamma(n_below + n + 1) - torch.special.digamma(n_below + 1)
+    return s1, n - (n_below + 1) * s1
+
+
+def _expected_bin_precision(n_below, r_below, n, r):
+    """E[sum of the precisions of the relevant items of a bin] over random orders inside it.
+
+    Position i of the bin is relevant with probability r/n; given that, the bin holds on average
+    1 + (i-1)(r-1)/(n-1) relevant items up to i, so precision = (R_<d + that) / (N_<d + i).
+    """
+    s1, s2 = _bin_sums(n_below, n)
+    frac = torch.where(n > 1, (r - 1) / (n - 1).clamp(min=1), torch.zeros_like(n))
+    return torch.where(n > 0, r / n.clamp(min=1) * ((r_below + 1) * s1 + frac * s2), torch.zeros_like(n))
+
+
+def _log_choose(a, b):
+    return torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)
+
+
+def tie_ap(tot: torch.Tensor, rel: torch.Tensor, topk: int | None = None) -> torch.Tensor:
+    """Tie-aware AP (L, Q) float64 from histograms: the exact expectation over uniformly random
+    orders of the items inside every distance bin (McFee & Lanckriet 2010; He et al. CVPR 2018).
+
+    topk: AP@k normalised by the relevant items within the top k (0 if none). The bin d* that
+    straddles position k gives m = k - N_<d* of its n items; the relevant count X among them is
+    hypergeometric(n, r, m) and, given X = x, its relevant items are uniform over the m slots, so
+    E[AP@k] = sum_x P(X = x) (S_full + T(x)) / (R_<d* + x), S_full the expected precision sum of
+    the bins before d* (independent of X), T(x) that of the straddling part.
+    """
+    tot, rel = tot.double(), rel.double()
+    n_le, r_le = tot.cumsum(-1), rel.cumsum(-1)
+    n_below, r_below = n_le - tot, r_le - rel
+    per_bin = _expected_bin_precision(n_below, r_below, tot, rel)
+    if topk is None:
+        r_all = r_le[..., -1]
+        return torch.where(r_all > 0, per_bin.sum(-1) / r_all.clamp(min=1), torch.zeros_like(r_all))
+    # d*: the first bin whose cumulative count reaches k (exists: k <= N).
+    dstar = (n_le < topk).sum(-1, keepdim=True)
+    s_full = torch.where(torch.arange(tot.shape[-1], device=tot.device) < dstar, per_bin, 0.0).sum(-1)
+    take = lambda t: t.gather(-1, dstar).squeeze(-1)  # noqa: E731
+    n, r, nb, rb = take(tot), take(rel), take(n_below), take(r_below)
+    m = topk - nb
+    s1, s2 = _bin_sums(nb, m)
+    flat = [t.reshape(-1) for t in (n, r, nb, rb, m, s1, s2, s_full)]
+    n, r, nb, rb, m, s1, s2, s_full = flat
+
+    def value(x, rows=slice(None)):  # (S_full + E[T | X = x]) / (R_<d* + x), 0 when nothing relevant is kept
+        m_, rb_ = m[rows, None], rb[rows, None]
+        frac = torch.where(m_ > 1, (x - 1) / (m_ - 1).clamp(min=1), 0.0)
+        t = x / m_ * ((rb_ + 1) * s1[rows, None] + frac * s2[rows, None])
+        denom = rb_ + x
+        return torch.where(denom > 0, (s_full[rows, None] + t) / denom.clamp(min=1), 0.0)
+
+    # X is a constant when the cut takes the whole bin, the bin is all relevant or none of it is.
+    fixed = torch.where(m == n, r, torch.where(r == n, m, torch.zeros_like(r)))
+    out = value(fixed[:, None])[:, 0]
+    random = ((r > 0) & (r < n) & (m < n)).nonzero().squeeze(1)
+    if random.numel():
+        lo = (m[random] - (n[random] - r[random])).clamp(min=0)
+        width = torch.minimum(r[random], m[random]) - lo + 1
+        js = torch.arange(int(width.max().item()), dtype=torch.float64, device=tot.device)
+        step = max(1, _CHUNK // js.numel())
+        for s in range(0, random.numel(), step):
+            rows = random[s:s + step]
+            n_, r_, m_ = n[rows, None], r[rows, None], m[rows, None]
+            x0 = lo[s:s + step, None]
+            ok = js < width[s:s + step, None]
+            x = torch.where(ok, x0 + js, x0)
+            # log P(X = lo) from log-gammas, then P(x + 1) / P(x) = (r - x)(m - x) / ((x + 1)(n - r - m + x + 1))
+            # accumulated along x: one log per term instead of four log-gammas.
+            log_p0 = _log_choose(r_, x0) + _log_choose(n_ - r_, m_ - x0) - _log_choose(n_, m_)
+            step_up = torch.log((r_ - x) * (m_ - x)) - torch.log((x + 1) * (n_ - r_ - m_ + x + 1))
+            step_up = torch.where(ok, step_up, 0.0)[:, :-1]  # the last x has no successor (log 0 there)
+            log_p = log_p0 + torch.nn.functional.pad(torch.cumsum(step_up, -1), (1, 0))
+            p = torch.where(ok, torch.exp(log_p), 0.0)
+            out[rows] = (p * value(x, rows)).sum(-1)
+    return out.view(dstar.shape[:-1])

@@ -22,25 +22,24 @@ std::tuple<at::Tensor, at::Tensor> distance_histogram_cpu(const at::Tensor& q_in
   int64_t* rel_p = rel.data_ptr<int64_t>();
   const int qb = queries_per_block(p.bins);
   const int64_t blocks = (nq + qb - 1) / qb;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<uint64_t> hist(size_t(qb) * p.bins);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t q0 = b * qb;
-      const int n_here = int(std::min<int64_t>(qb, nq - q0));
-      dispatch_lengths_labels(bits, p.words, p.label_words, [&](auto plan, auto lw) {
-        histogram_block<typename decltype(plan)::type, decltype(lw)::value>(p, q0, n_here, hist.data());
-      });
-      for (int qq = 0; qq < n_here; ++qq)
-        for (int64_t l = 0; l < L; ++l) {
-          const uint64_t* h = hist.data() + int64_t(qq) * p.bins + tables.offset[l];
-          const int64_t row = (l * nq + q0 + qq) * nb;
-          for (int64_t d = 0; d <= bits[l]; ++d) {
-            tot_p[row + d] = int64_t(h[d] & kTotalMask);
-            rel_p[row + d] = int64_t(h[d] >> 32);
+  parallel_blocks(
+      blocks, [&] { return std::vector<uint64_t>(size_t(qb) * p.bins); },
+      [&](int64_t b, std::vector<uint64_t>& hist) {
+        const int64_t q0 = b * qb;
+        const int n_here = int(std::min<int64_t>(qb, nq - q0));
+        dispatch_lengths_labels(bits, p.words, p.label_words, [&](auto plan, auto lw) {
+          histogram_block<typename decltype(plan)::type, decltype(lw)::value>(p, q0, n_here, hist.data());
+        });
+        for (int qq = 0; qq < n_here; ++qq)
+          for (int64_t l = 0; l < L; ++l) {
+            const uint64_t* h = hist.data() + int64_t(qq) * p.bins + tables.offset[l];
+            const int64_t row = (l * nq + q0 + qq) * nb;
+            for (int64_t d = 0; d <= bits[l]; ++d) {
+              tot_p[row + d] = int64_t(h[d] & kTotalMask);
+              rel_p[row + d] = int64_t(h[d] >> 32);
+            }
           }
-        }
-    }
-  });
+      });
   return {tot, rel};
 }
 

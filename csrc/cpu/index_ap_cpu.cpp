@@ -27,28 +27,34 @@ std::tuple<at::Tensor, at::Tensor> index_ap_cpu(const at::Tensor& q_in, const at
   int64_t* hits_p = hits.data_ptr<int64_t>();
   const int qb = queries_per_block(p.bins);
   const int64_t blocks = (nq + qb - 1) / qb;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<uint64_t> hist(size_t(qb) * p.bins);
-    const int64_t cap = std::min<int64_t>(kApRecordCap, int64_t(qb) * L * p.n);  // never more than one per (query, length, item)
-    std::vector<uint64_t> records(static_cast<size_t>(cap));
-    std::vector<int> cut(size_t(qb) * L);
-    std::vector<double> acc(size_t(qb) * L);
-    std::vector<int64_t> found(size_t(qb) * L);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t q0 = b * qb;
-      const int n_here = int(std::min<int64_t>(qb, nq - q0));
-      dispatch_lengths_labels(bits, p.words, p.label_words, [&](auto plan, auto lw) {
-        index_ap_block<typename decltype(plan)::type, decltype(lw)::value>(p, q0, n_here, k, hist.data(), records.data(), cap, cut.data(),
-                                                                 acc.data(), found.data());
+  const int64_t cap = std::min<int64_t>(kApRecordCap, int64_t(qb) * L * p.n);  // never more than one per (query, length, item)
+  struct Scratch {
+    std::vector<uint64_t> hist, records;
+    std::vector<int> cut;
+    std::vector<double> acc;
+    std::vector<int64_t> found;
+  };
+  parallel_blocks(
+      blocks,
+      [&] {
+        return Scratch{std::vector<uint64_t>(size_t(qb) * p.bins), std::vector<uint64_t>(static_cast<size_t>(cap)),
+                       std::vector<int>(size_t(qb) * L), std::vector<double>(size_t(qb) * L),
+                       std::vector<int64_t>(size_t(qb) * L)};
+      },
+      [&](int64_t b, Scratch& s) {
+        const int64_t q0 = b * qb;
+        const int n_here = int(std::min<int64_t>(qb, nq - q0));
+        dispatch_lengths_labels(bits, p.words, p.label_words, [&](auto plan, auto lw) {
+          index_ap_block<typename decltype(plan)::type, decltype(lw)::value>(
+              p, q0, n_here, k, s.hist.data(), s.records.data(), cap, s.cut.data(), s.acc.data(), s.found.data());
+        });
+        for (int qq = 0; qq < n_here; ++qq)
+          for (int l = 0; l < L; ++l) {
+            const int64_t h = s.found[qq * L + l];
+            ap_p[l * nq + q0 + qq] = h > 0 ? s.acc[qq * L + l] / double(h) : 0.0;
+            hits_p[l * nq + q0 + qq] = h;
+          }
       });
-      for (int qq = 0; qq < n_here; ++qq)
-        for (int l = 0; l < L; ++l) {
-          const int64_t h = found[qq * L + l];
-          ap_p[l * nq + q0 + qq] = h > 0 ? acc[qq * L + l] / double(h) : 0.0;
-          hits_p[l * nq + q0 + qq] = h;
-        }
-    }
-  });
   return {ap, hits};
 }
 

@@ -4,6 +4,9 @@
 #pragma once
 #include <torch/all.h>
 
+#include <ATen/Parallel.h>
+
+#include <atomic>
 #include <vector>
 
 #include "kernels/ap_block_cpu.h"
@@ -101,7 +104,25 @@ void dispatch_lengths_labels(at::IntArrayRef bits, int words, int label_words, F
   }
 }
 
+// Runs task(block, thread_state) for blocks 0..blocks-1 on torch's intra-op threads, handing out
+// blocks one at a time from an atomic counter: when another process takes a core, the other
+// threads pick up its share instead of waiting for a static half (make_state: per-thread scratch).
+template <class MakeState, class Task>
+void parallel_blocks(int64_t blocks, MakeState&& make_state, Task&& task) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      auto state = make_state();
+      for (int64_t b = next.fetch_add(1); b < blocks; b = next.fetch_add(1)) task(b, state);
+    }
+  });
+}
+
 // Queries per block: histograms of a block stay within ~16 KiB (L1), at most 8 queries.
-inline int queries_per_block(int bins) { return std::max(1, std::min(8, (16 << 10) / (bins * 8))); }
+inline int queries_per_block(int bins) {
+  static_assert(8 <= kApMaxBlock, "a record holds the query of a block in 4 bits");
+  return std::max(1, std::min(8, (16 << 10) / (bins * 8)));
+}
 
 }  // namespace nhl

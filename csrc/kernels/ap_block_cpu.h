@@ -8,8 +8,9 @@
 // record (query, bin, p); once the histograms are complete, rank = N_<d + p and relevant-rank =
 // R_<d + j (j counted by replaying the records in index order). Records cost memory only for
 // relevant items; a block whose records overflow the buffer re-walks the database instead
-// (rank_block), so the working set stays bounded:
-//   per thread: nq * bins * 8 B of histograms (bins = sum_l (bits[l] + 1); <= 16 KiB)
+// (scan mode 2), so the working set stays bounded:
+//   per thread: nq * bins * 8 B of histograms (bins = sum_l (bits[l] + 1); nq chosen so this is
+//               <= 16 KiB, or one query's bins when those alone are larger)
 //               + kApRecordCap * 8 B of records (8 MiB) + one tile of codes and labels.
 #pragma once
 #include <algorithm>
@@ -23,7 +24,7 @@ namespace nhl {
 
 constexpr int64_t kApTile = 512;
 constexpr int kApMaxLengths = 64;
-constexpr int kApMaxBlock = 16;                  // queries per block (4 bits of a record)
+constexpr int kApMaxBlock = 16;                  // queries per block: 4 bits of a record hold the query
 constexpr int64_t kApRecordCap = int64_t(1) << 20;  // records per thread
 
 struct ApProblem {
@@ -150,6 +151,13 @@ inline bool scan_query(const ApProblem& p, const uint64_t* qc_in, const uint64_t
   for (int w = 0; w < W; ++w) qc[w] = qc_in[w];
   const uint64_t* __restrict db = p.db;
   const uint64_t* __restrict dbl = p.db_labels;
+  // Locals, not the caller's variables: histogram stores (uint64_t) may alias int64_t/double
+  // objects, which would force a reload after every add.
+  int64_t nr = n_rec;
+  double acc_l[kApMaxLengths];
+  int64_t hits_l[kApMaxLengths];
+  if constexpr (MODE == 2)
+    for (int l = 0; l < L; ++l) acc_l[l] = acc[l], hits_l[l] = hits[l];
   for (int64_t i = i0; i < i1; ++i) {
     const uint64_t* item = db + i * W;
     const bool rel = relevant_t<LW>(qlab, dbl + i * LS, p.label_words);
@@ -160,10 +168,10 @@ inline bool scan_query(const ApProblem& p, const uint64_t* qc_in, const uint64_t
       if (!rel) {
         D::each(len, qc, item, W, [&](int l, int d) { len.bins[l][d] += 1; });
       } else {
-        if (n_rec + L > cap) return false;
+        if (nr + L > cap) return false;
         D::each(len, qc, item, W, [&](int l, int d) {
           const uint64_t v = (len.bins[l][d] += 1 + kRelevantOne);
-          rec[n_rec++] = tag | (uint64_t(len.first_bin[l] + uint32_t(d)) << 32) | (v & kTotalMask);
+          rec[nr++] = tag | (uint64_t(len.first_bin[l] + uint32_t(d)) << 32) | (v & kTotalMask);
         });
       }
     } else {
@@ -172,12 +180,15 @@ inline bool scan_query(const ApProblem& p, const uint64_t* qc_in, const uint64_t
         const uint64_t v = (len.bins[l][d] += 1 + (uint64_t(rel) << 32));
         const uint64_t rank = v & kTotalMask;
         if (rel && rank <= k) {
-          acc[l] += double(v >> 32) / double(rank);
-          hits[l] += 1;
+          acc_l[l] += double(v >> 32) / double(rank);
+          hits_l[l] += 1;
         }
       });
     }
   }
+  n_rec = nr;
+  if constexpr (MODE == 2)
+    for (int l = 0; l < L; ++l) acc[l] = acc_l[l], hits[l] = hits_l[l];
   return true;
 }
 
