@@ -188,6 +188,15 @@ def test_topk_splits_the_database_for_few_queries():
         check_topk("cpp", "cpu", q, db, k, (8, 16, 32, 64, 128))
 
 
+def test_topk_sampled_start_thresholds():
+    """A database large enough for the sampled warm start (>= 32768 rows per scan) stays exact,
+    with heavy ties and with k large enough that some lists fall back to a full rescan."""
+    q, db = packed(8, 128, seed=13), packed(40_000, 128, 300, seed=14)
+    q[0] = db[123]
+    for k in (1, 100, 3000):
+        check_topk("cpp", "cpu", q, db, k, (8, 16, 32, 64, 100, 128))
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     Q=st.integers(1, 9),

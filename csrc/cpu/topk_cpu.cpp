@@ -31,12 +31,12 @@ std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Te
   // Work units = (query block, database part). Few queries: split the database so every thread
   // works; each part keeps its own k best and a merge picks the final k. Query blocks are large
   // to amortise each tile's transpose over many queries, and bounded so that the candidate
-  // lists (block * L * 2k pairs) stay within ~32 MiB per thread.
+  // lists (block * L * 2k pairs) stay within ~4 MiB per thread (cache-resident appends).
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   int64_t parts = 1;
   if (Q < 2 * threads) parts = std::max<int64_t>(1, std::min((2 * threads + Q - 1) / Q, N / 16384));
-  const int64_t list_bytes = static_cast<int64_t>(L) * 2 * k * 12;
-  const int64_t qb_max = std::clamp<int64_t>((int64_t(32) << 20) / list_bytes, 1, 256);
+  const int64_t list_bytes = static_cast<int64_t>(L) * (std::max<int64_t>(2 * k, k + 16) * 12 + (plan.max_bits() + 1) * 4);
+  const int64_t qb_max = std::clamp<int64_t>((int64_t(4) << 20) / list_bytes, 1, 256);
   int64_t blocks = std::max((Q + qb_max - 1) / qb_max, (threads + parts - 1) / parts);
   blocks = std::min(blocks, Q);
   const int64_t qb = (Q + blocks - 1) / blocks;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/bits.h"
+#include "kernels/nibble_avx2.h"
 
 namespace nhl {
 
@@ -85,9 +86,51 @@ inline void hamming_block(const uint64_t* q, const uint64_t* db, int64_t W, int6
   }
 }
 
+#if defined(__AVX2__)
+// 64/128-bit codes: distances of 32 codes at a time from the nibble-transposed tile.
+template <int WU>
+inline void hamming_block_avx2(const uint64_t* q, const uint64_t* db, int64_t W, int64_t Q, int64_t N,
+                               const avx2::UnitPlan& up, int64_t q0, int64_t q1, int64_t n0, int64_t n1,
+                               int32_t* out) {
+  using avx2::kLanes;
+  constexpr int U = 16 * WU;
+  constexpr int64_t kGroups = 16;
+  alignas(32) uint8_t tile[kGroups * U * kLanes];
+  avx2::QueryTables<WU> qt;
+  int32_t* rows[64];
+  for (int64_t t0 = n0; t0 < n1; t0 += kGroups * kLanes) {
+    const int64_t t1 = std::min(n1, t0 + kGroups * kLanes);
+    const int64_t groups = (t1 - t0 + kLanes - 1) / kLanes;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t first = t0 + g * kLanes;
+      avx2::transpose_group<WU>(db + first * W, W, static_cast<int>(std::min<int64_t>(kLanes, t1 - first)),
+                                tile + g * U * kLanes);
+    }
+    for (int64_t i = q0; i < q1; ++i) {
+      qt.init(q + i * W, up);
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t first = t0 + g * kLanes;
+        for (int l = 0; l < up.L; ++l) rows[l] = out + (l * Q + i) * N + first;
+        avx2::group_distances<WU>(tile + g * U * kLanes, qt, up, rows,
+                                  static_cast<int>(std::min<int64_t>(kLanes, t1 - first)));
+      }
+    }
+  }
+}
+#endif
+
 inline void hamming_block_any(const uint64_t* q, const uint64_t* db, int64_t W, int64_t Q, int64_t N,
                               const LengthPlan& plan, int64_t q0, int64_t q1, int64_t n0, int64_t n1,
-                              int32_t* out) {
+                              int32_t* out, bool allow_simd = true) {
+#if defined(__AVX2__)
+  avx2::UnitPlan up;
+  if (allow_simd && plan.words <= 2 && up.init(plan.bits.data(), plan.L)) {
+    if (plan.words == 1) return hamming_block_avx2<1>(q, db, W, Q, N, up, q0, q1, n0, n1, out);
+    return hamming_block_avx2<2>(q, db, W, Q, N, up, q0, q1, n0, n1, out);
+  }
+#else
+  (void)allow_simd;
+#endif
   switch (plan.words) {
     case 1: return hamming_block<1>(q, db, W, Q, N, plan, q0, q1, n0, n1, out);
     case 2: return hamming_block<2>(q, db, W, Q, N, plan, q0, q1, n0, n1, out);

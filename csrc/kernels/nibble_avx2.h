@@ -163,6 +163,42 @@ inline uint64_t filter_two_groups(const uint8_t* g0, const uint8_t* g1, const Qu
   return uint64_t(hit_lanes(hit0)) | (uint64_t(hit_lanes(hit1)) << 32);
 }
 
+// Write the distances of 32 codes (one group) for every length: out[l][0..count) as int32.
+template <int WU>
+inline void group_distances(const uint8_t* group, const QueryTables<WU>& qt, const UnitPlan& plan, int32_t* const* out,
+                            int count) {
+  constexpr int U = 16 * WU;
+  __m256i run = _mm256_setzero_si256();
+  int l = 0;
+  const int L = plan.L;
+  auto vec = [](const uint8_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); };
+  auto emit = [&](__m256i d, int32_t* dst) {  // 32 uint8 -> 32 int32
+    alignas(32) int32_t tmp[kLanes];
+    int32_t* to = count == kLanes ? dst : tmp;
+    const __m128i lo = _mm256_castsi256_si128(d), hi = _mm256_extracti128_si256(d, 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(to), _mm256_cvtepu8_epi32(lo));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(to + 8), _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(to + 16), _mm256_cvtepu8_epi32(hi));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(to + 24), _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    if (to == tmp) std::memcpy(dst, tmp, sizeof(int32_t) * count);
+  };
+  const uint32_t full_at = plan.full_at, part_at = plan.part_at;
+#pragma GCC unroll 32
+  for (int u = 0; u < U; ++u) {
+    const __m256i nib = vec(group + u * kLanes);
+    if (__builtin_expect((part_at >> u) & 1, 0)) {
+      for (; l < L && plan.unit[l] == u && plan.rest[l]; ++l)
+        emit(_mm256_add_epi8(run, _mm256_shuffle_epi8(vec(qt.part_lut[l]), nib)), out[l]);
+      if (l == L) break;
+    }
+    run = _mm256_add_epi8(run, _mm256_shuffle_epi8(vec(qt.unit_lut[u]), nib));
+    if ((full_at >> u) & 1) {
+      emit(run, out[l]);
+      if (++l == L) break;
+    }
+  }
+}
+
 }  // namespace avx2
 }  // namespace nhl
 #endif  // __AVX2__

@@ -25,6 +25,11 @@ struct TopkScanArgs {
   const uint64_t* db;  // (N, W) words
   int64_t W;
   const LengthPlan* plan;
+  // Warm start (AVX2 path): with at least `sample_min_rows` rows, first scan every
+  // `sample_every`-th group of 32 codes for starting thresholds (0 disables; tests lower these).
+  int64_t sample_min_rows = 32768;
+  int64_t sample_every = 64;
+  double sample_margin = 1.5;  // the sample's threshold should admit ~margin * k codes overall
 };
 
 // Offer database row j to every length of list block `qi` (distances recomputed exactly).
@@ -67,58 +72,134 @@ inline void topk_scan_scalar(const TopkScanArgs& a, int64_t q0, int64_t q1, int6
 }
 
 #if defined(__AVX2__)
+// The AVX2 scan over nibble-transposed tiles of up to kGroups groups of 32 codes. A tile's groups
+// are given by their first row and size, so the same code scans contiguous tiles and samples.
 template <int WU>
-inline void topk_scan_avx2(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_t n0, int64_t n1,
-                           CandidateLists& lists, const avx2::UnitPlan& up) {
-  using avx2::kLanes;
-  constexpr int U = 16 * WU;
-  constexpr int64_t kGroups = 16;  // 512 codes per tile: 16 KiB (128-bit) of transposed nibbles
-  const int L = lists.L;
-  const int64_t nq = q1 - q0;
-  std::vector<uint8_t> tile_raw(kGroups * U * kLanes + 32);
-  uint8_t* tile = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(tile_raw.data()) + 31) & ~uintptr_t(31));
+struct NibbleScan {
+  static constexpr int U = 16 * WU;
+  static constexpr int kGroups = 16;  // 512 codes per tile: 16 KiB (128-bit) of transposed nibbles
+  const TopkScanArgs& a;
+  const avx2::UnitPlan& up;
+  int64_t q0, nq;
+  int L;
+  std::vector<uint8_t> tile_raw, thr_raw;
+  uint8_t *tile, *thr;  // 32-byte aligned
+  std::vector<avx2::QueryTables<WU>> qt;
+  std::vector<int32_t> dist;
+  int64_t first[kGroups];
+  int size[kGroups];
+
+  static uint8_t* align32(std::vector<uint8_t>& v) {
+    return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 31) & ~uintptr_t(31));
+  }
+  NibbleScan(const TopkScanArgs& args, const avx2::UnitPlan& plan, int64_t q0_, int64_t q1, int L_)
+      : a(args), up(plan), q0(q0_), nq(q1 - q0_), L(L_), tile_raw(kGroups * U * avx2::kLanes + 32),
+        thr_raw(nq * L * avx2::kLanes + 32), qt(nq), dist(L) {
+    tile = align32(tile_raw);
+    thr = align32(thr_raw);
+    for (int64_t qi = 0; qi < nq; ++qi) qt[qi].init(a.q + (q0 + qi) * a.W, up);
+  }
+
   // Per query: uint8 thresholds broadcast to 32 lanes (refreshed when a list's threshold drops).
-  std::vector<uint8_t> thr_raw(nq * L * kLanes + 32);
-  uint8_t* thr = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(thr_raw.data()) + 31) & ~uintptr_t(31));
-  auto refresh = [&](int64_t qi, uint64_t which) {
+  void refresh(const CandidateLists& lists, int64_t qi, uint64_t which) {
     for (; which; which &= which - 1) {
       const int l = __builtin_ctzll(which);
-      std::memset(thr + (qi * L + l) * kLanes, std::min(lists.thresh[qi * L + l], 255), kLanes);
+      std::memset(thr + (qi * L + l) * avx2::kLanes, std::min(lists.thresh[qi * L + l], 255), avx2::kLanes);
     }
-  };
-  for (int64_t qi = 0; qi < nq; ++qi) refresh(qi, L == 64 ? ~uint64_t(0) : (uint64_t(1) << L) - 1);
-  std::vector<avx2::QueryTables<WU>> qt(nq);
-  for (int64_t qi = 0; qi < nq; ++qi) qt[qi].init(a.q + (q0 + qi) * a.W, up);
-  std::vector<int32_t> dist(L);
+  }
+  void refresh_all(const CandidateLists& lists) {
+    for (int64_t qi = 0; qi < nq; ++qi) refresh(lists, qi, L == 64 ? ~uint64_t(0) : (uint64_t(1) << L) - 1);
+  }
 
-  for (int64_t t0 = n0; t0 < n1; t0 += kGroups * kLanes) {
-    const int64_t t1 = std::min(n1, t0 + kGroups * kLanes);
-    const int64_t groups = (t1 - t0 + kLanes - 1) / kLanes;
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t first = t0 + g * kLanes;
-      avx2::transpose_group<WU>(a.db + first * a.W, a.W, static_cast<int>(std::min<int64_t>(kLanes, t1 - first)),
-                                tile + g * U * kLanes);
-    }
-    const int tail = static_cast<int>((t1 - t0) - (groups - 1) * kLanes);
-    const uint32_t tail_mask = tail == 32 ? ~0u : ((1u << tail) - 1);
-    for (int64_t qi = 0; qi < nq; ++qi) {
+  // Scan the groups first[0..groups) for queries [qa, qb) of the block.
+  void scan_tile(int64_t groups, int64_t qa, int64_t qb, CandidateLists& lists) {
+    using avx2::kLanes;
+    for (int64_t g = 0; g < groups; ++g) avx2::transpose_group<WU>(a.db + first[g] * a.W, a.W, size[g], tile + g * U * kLanes);
+    for (int64_t qi = qa; qi < qb; ++qi) {
       const uint64_t* qrow = a.q + (q0 + qi) * a.W;
       const uint8_t* qthr = thr + qi * L * kLanes;
       for (int64_t g = 0; g < groups; g += 2) {  // two groups per step; a lone last group pairs with itself
         const int64_t g1 = std::min(g + 1, groups - 1);
         uint64_t hits = avx2::filter_two_groups<WU>(tile + g * U * kLanes, tile + g1 * U * kLanes, qt[qi], up, qthr);
         if (!hits) continue;
-        if (g1 == g) hits &= 0xFFFFFFFFull;
-        if (g1 == groups - 1) hits &= g1 == g ? uint64_t(tail_mask) : (uint64_t(tail_mask) << 32) | 0xFFFFFFFFull;
+        const uint64_t m0 = size[g] == kLanes ? 0xFFFFFFFFull : (uint64_t(1) << size[g]) - 1;
+        const uint64_t m1 = g1 == g ? 0 : size[g1] == kLanes ? 0xFFFFFFFFull : (uint64_t(1) << size[g1]) - 1;
+        hits &= m0 | (m1 << 32);
         uint64_t lowered = 0;
         while (hits) {
           const int lane = __builtin_ctzll(hits);
           hits &= hits - 1;
-          lowered |= offer_row<WU>(a, qrow, t0 + g * kLanes + lane, qi, lists, dist.data());
+          const int64_t row = lane < kLanes ? first[g] + lane : first[g1] + lane - kLanes;
+          lowered |= offer_row<WU>(a, qrow, row, qi, lists, dist.data());
         }
-        if (lowered) refresh(qi, lowered);
+        if (lowered) refresh(lists, qi, lowered);
       }
     }
+  }
+
+  // Rows [n0, n1) in order, for queries [qa, qb).
+  void scan_rows(int64_t n0, int64_t n1, int64_t qa, int64_t qb, CandidateLists& lists) {
+    for (int64_t t0 = n0; t0 < n1;) {
+      int64_t groups = 0;
+      for (; groups < kGroups && t0 < n1; ++groups, t0 += avx2::kLanes) {
+        first[groups] = t0;
+        size[groups] = static_cast<int>(std::min<int64_t>(avx2::kLanes, n1 - t0));
+      }
+      scan_tile(groups, qa, qb, lists);
+    }
+  }
+
+  // Every `every`-th group of 32 rows of [n0, n1) (whole groups only), all queries.
+  void scan_sample(int64_t n0, int64_t n1, int64_t every, CandidateLists& lists) {
+    const int64_t full_groups = (n1 - n0) / avx2::kLanes;
+    int64_t groups = 0;
+    for (int64_t g = every / 2; g < full_groups; g += every) {
+      first[groups] = n0 + g * avx2::kLanes;
+      size[groups] = avx2::kLanes;
+      if (++groups == kGroups) scan_tile(groups, 0, nq, lists), groups = 0;
+    }
+    if (groups) scan_tile(groups, 0, nq, lists);
+  }
+};
+
+template <int WU>
+inline void topk_scan_avx2(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_t n0, int64_t n1,
+                           CandidateLists& lists, const avx2::UnitPlan& up) {
+  const int L = lists.L;
+  const int64_t nq = q1 - q0, rows = n1 - n0, k = lists.k;
+  NibbleScan<WU> scan(a, up, q0, q1, L);
+  // Warm start. A streaming top-k admits ~k (1 + ln(N / k)) codes per list, most of them pushed
+  // out later; starting from thresholds that a sample says admit ~1.5 k codes overall cuts that
+  // to ~k. The sample's ks-th smallest distance t_s (ks = margin * k * sample fraction) gives
+  // the threshold t_s + 1. If a list then still gets fewer than k codes, its query is rescanned
+  // from scratch, so the result stays exact whatever the sample.
+  std::vector<int32_t> start(nq * L, 0);
+  bool warm = false;
+  if (a.sample_every > 0 && rows >= a.sample_min_rows) {
+    const int64_t sample_groups = (rows / avx2::kLanes + a.sample_every / 2) / a.sample_every;
+    const double frac = double(sample_groups * avx2::kLanes) / double(rows);
+    const int64_t ks = static_cast<int64_t>(a.sample_margin * double(k) * frac) + 4;
+    if (sample_groups > 0 && ks * 4 <= sample_groups * avx2::kLanes) {
+      CandidateLists sample;
+      sample.reset(nq, ks, lists.max_d, ks + std::max<int64_t>(ks, 64));
+      scan.refresh_all(sample);
+      scan.scan_sample(n0, n1, a.sample_every, sample);
+      for (int64_t list = 0; list < nq * L; ++list) {
+        const int32_t t = std::min(lists.thresh[list], sample.thresh[list] + 1);
+        if (t < lists.thresh[list]) lists.thresh[list] = start[list] = t, warm = true;
+      }
+    }
+  }
+  scan.refresh_all(lists);
+  scan.scan_rows(n0, n1, 0, nq, lists);
+  if (!warm) return;
+  for (int64_t qi = 0; qi < nq; ++qi) {  // exactness check: a warm list must have lowered its threshold
+    bool short_list = false;
+    for (int l = 0; l < L; ++l) short_list |= start[qi * L + l] > 0 && lists.thresh[qi * L + l] == start[qi * L + l];
+    if (!short_list) continue;
+    lists.reset_query(qi);
+    scan.refresh(lists, qi, L == 64 ? ~uint64_t(0) : (uint64_t(1) << L) - 1);
+    scan.scan_rows(n0, n1, qi, qi + 1, lists);
   }
 }
 #endif

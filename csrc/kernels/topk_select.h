@@ -91,6 +91,16 @@ struct CandidateLists {
     scratch.resize(static_cast<size_t>(bmax) + 2);
   }
 
+  // Empty the lists of query qi (all lengths), thresholds back to "anything enters".
+  void reset_query(int64_t qi) {
+    for (int l = 0; l < L; ++l) {
+      const int64_t list = qi * L + l;
+      count[list] = below[list] = 0;
+      thresh[list] = max_d[l] + 1;
+      std::fill(hist.begin() + list * hist_stride, hist.begin() + (list + 1) * hist_stride, 0);
+    }
+  }
+
   int32_t* dist_of(int64_t list) { return dist.data() + list * cap; }
   int64_t* idx_of(int64_t list) { return idx.data() + list * cap; }
 

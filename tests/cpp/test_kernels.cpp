@@ -104,12 +104,15 @@ static void test_distances(std::mt19937_64& rng) {
       }
     // full matrix block (L, Q, N)
     const int Q = 7, N = 40;
-    std::vector<int32_t> out(bl.size() * Q * N, -1);
-    nhl::hamming_block_any(packed.data(), packed.data(), W, Q, N, plan, 0, Q, 0, N, out.data());
-    for (size_t l = 0; l < bl.size(); ++l)
-      for (int i = 0; i < Q; ++i)
-        for (int j = 0; j < N; ++j)
-          CHECK(out[(l * Q + i) * N + j] == brute_distance(codes[i], codes[j], static_cast<int>(bl[l])), "matrix");
+    for (int simd = 0; simd < 2; ++simd) {
+      std::vector<int32_t> out(bl.size() * Q * N, -1);
+      nhl::hamming_block_any(packed.data(), packed.data(), W, Q, N, plan, 0, Q, 0, N, out.data(), simd == 1);
+      for (size_t l = 0; l < bl.size(); ++l)
+        for (int i = 0; i < Q; ++i)
+          for (int j = 0; j < N; ++j)
+            CHECK(out[(l * Q + i) * N + j] == brute_distance(codes[i], codes[j], static_cast<int>(bl[l])),
+                  "matrix simd=%d b=%d", simd, (int)bl[l]);
+    }
   }
 }
 
@@ -174,11 +177,17 @@ static void test_topk_scan(std::mt19937_64& rng) {
       {{64}, 3, 4099, 1, 3},                   {{7, 13, 31, 33, 63}, 3, 300, 20, 0},
       {{100, 256}, 2, 200, 9, 4},              {{128}, 1, 5, 5, 2},
       {{8, 16, 32, 64, 128}, 2, 2000, 40, 0},  {{5, 127}, 3, 97, 97, 0},
+      {{8, 16, 32, 64, 128}, 4, 5000, 100, 0}, {{8, 16, 32, 64, 128}, 2, 4000, 60, 200},
+      {{64}, 3, 3000, 500, 0},
   };
+  // warm: 0 = defaults (no sample on small N), 1 = sampled start thresholds, 2 = a sample
+  // margin so small that lists come up short and their queries are rescanned (the fallback).
   for (const auto& c : cases)
     for (int cap_mode = 0; cap_mode < 2; ++cap_mode)
       for (int simd = 0; simd < 2; ++simd)
-        for (int split = 0; split < 2; ++split) {
+        for (int split = 0; split < 2; ++split)
+          for (int warm = 0; warm < 3; ++warm) {
+          if (warm && !simd) continue;
           const int bmax = static_cast<int>(c.bits.back()), W = nhl::words_for_bits(bmax);
           auto db = random_codes(rng, c.N, W * 64, c.distinct);
           auto qs = random_codes(rng, c.Q, W * 64, 0);
@@ -186,6 +195,7 @@ static void test_topk_scan(std::mt19937_64& rng) {
           const auto pdb = pack(db, W), pq = pack(qs, W);
           nhl::LengthPlan plan(c.bits.data(), static_cast<int>(c.bits.size()));
           nhl::TopkScanArgs args{pq.data(), pdb.data(), W, &plan};
+          if (warm) args.sample_min_rows = 0, args.sample_every = 2, args.sample_margin = warm == 1 ? 1.5 : 0.01;
           const int L = plan.L;
           // split: two database halves scanned separately, candidates concatenated, then selected
           std::vector<std::vector<int32_t>> gd(c.Q * L);
@@ -218,8 +228,8 @@ static void test_topk_scan(std::mt19937_64& rng) {
               std::iota(order.begin(), order.end(), 0);
               std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return bd[a] < bd[b]; });
               for (int r = 0; r < c.k && r < m; ++r) {
-                CHECK(od[r] == bd[order[r]], "b=%d Q=%d N=%d k=%d simd=%d split=%d rank %d dist %d want %d",
-                      (int)c.bits[l], c.Q, c.N, c.k, simd, split, r, od[r], bd[order[r]]);
+                CHECK(od[r] == bd[order[r]], "b=%d Q=%d N=%d k=%d simd=%d split=%d warm=%d rank %d dist %d want %d",
+                      (int)c.bits[l], c.Q, c.N, c.k, simd, split, warm, r, od[r], bd[order[r]]);
                 CHECK(oi[r] == order[r], "b=%d N=%d k=%d simd=%d split=%d rank %d idx %lld want %d", (int)c.bits[l],
                       c.N, c.k, simd, split, r, (long long)oi[r], order[r]);
               }
