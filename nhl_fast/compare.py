@@ -71,7 +71,7 @@ def run_compare(args, methods, reporter: Reporter) -> str:
     rows = {m: [f"{mu:.4f} ± {sd:.4f}" for mu, sd in zip(summary[m]["map_mean"], summary[m]["map_std"])]
             + [f"{summary[m]['time_mean_s']:.1f} ± {summary[m]['time_std_s']:.1f}"] for m in methods}
     k = "all" if base.topk is None else base.topk
-    md = table(bits + ["time (s)"], rows, first="method").replace("time (s) bits", "train time (s)")
+    md = table(bits + ["train time (s)"], rows, first="method")
     header = (f"mAP@{k} per code length on {data.describe()}; {base.base_loss} loss, {base.epochs} epochs, "
               f"mean ± std over seeds {seeds}; train time = total over the models the method needs.\n\n")
     out = args.out

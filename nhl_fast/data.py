@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -358,7 +358,3 @@ def multi_label(labels: Tensor) -> bool:
 def metric_labels(labels: Tensor) -> Tensor:
     """Class indices when every row has exactly one label (cheaper relevance), else the multi-hot matrix."""
     return labels.argmax(1) if not multi_label(labels) else labels
-
-
-def batch_list(xs: Sequence[Tensor]) -> Tensor:
-    return torch.cat(list(xs)) if xs else torch.empty(0)

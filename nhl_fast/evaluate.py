@@ -59,8 +59,8 @@ def evaluate_model(model, data: HashingData, bits, *, topk=None, ties="index", d
 
 
 def table(bits: Sequence[int], rows: dict, fmt: str = "{:.4f}", first: str = "") -> str:
-    """A markdown table: one column per code length, one row per entry of `rows` (name -> values or strings)."""
-    head = f"| {first} | " + " | ".join(f"{b} bits" for b in bits) + " |"
+    """A markdown table: one column per code length (or a str column title), one row per entry of `rows`."""
+    head = f"| {first} | " + " | ".join(b if isinstance(b, str) else f"{b} bits" for b in bits) + " |"
     sep = "|---|" + "---:|" * len(bits)
     lines = [head, sep]
     for name, vals in rows.items():

@@ -124,6 +124,31 @@ def test_feature_mode_and_compare(tmp_path, capsys):
     _check_png(out_dir / "compare_time.png")
 
 
+def test_image_list_training_with_the_builtin_cnn(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    rng = np.random.default_rng(0)
+    for name, count in (("train.txt", 8), ("test.txt", 4), ("database.txt", 8)):
+        lines = []
+        for i in range(count):
+            c = i % 2
+            arr = (rng.random((14, 18, 3)) * 60 + 150 * c).astype(np.uint8)
+            path = f"img/{name[:-4]}_{i}.jpg"
+            Image.fromarray(arr).save(tmp_path / path)
+            lines.append(f"{path} {1 - c} {c}")
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    rc, stdout, _ = _run(["train", "--data", str(tmp_path), "--resize", "12", "--crop", "10", "--epochs", "1",
+                          "--bits", "8", "--batch-size", "4", "--out", str(out), "--quiet"], capsys)
+    assert rc == 0 and "| mAP@all |" in stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["backbone"] == "cnn" and cfg["input_shape"] == [3, 10, 10]
+    rc, stdout, _ = _run(["encode", str(out), "--which", "query", "--out", str(tmp_path / "q.safetensors"),
+                          "--quiet"], capsys)
+    assert rc == 0 and "encoded 4 query items" in stdout
+
+
 def _weights(path):
     return load_checkpoint(str(path)).model
 
