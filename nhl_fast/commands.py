@@ -1,0 +1,201 @@
+"""The bodies of the `nhl-fast` subcommands (the parser is in nhl_fast.cli)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from nhl_fast.progress import Reporter
+
+INTERRUPTED = 130
+
+
+def _fresh_dir(base: str) -> str:
+    """base, or base-2, base-3, ... : a default run never overwrites an earlier one."""
+    if not os.path.exists(base):
+        return base
+    i = 2
+    while os.path.exists(f"{base}-{i}"):
+        i += 1
+    return f"{base}-{i}"
+
+
+def cmd_train(args) -> int:
+    from nhl_fast.train import Interrupted, TrainConfig, fit, load_training_data, summary
+
+    reporter = Reporter(quiet=args.quiet)
+    cfg = TrainConfig(data=args.data, split=args.split, image_root=args.image_root, resize=args.resize,
+                      crop=args.crop, backbone=args.backbone, weights=args.weights, base_loss=args.base_loss,
+                      bits=tuple(args.bits), adaptive=args.adaptive, distill=args.distill, beta=args.beta,
+                      epochs=args.epochs or 20, batch_size=args.batch_size or 64, lr=args.lr,
+                      weight_decay=args.weight_decay, eval_every=args.eval_every, topk=args.topk, ties=args.ties,
+                      device=args.device, seed=args.seed, workers=args.workers, out=args.out)
+    resume = None
+    if args.resume:
+        resume = args.resume
+        if resume == "auto":
+            if not args.out:
+                raise ValueError("--resume without a checkpoint path needs --out RUN_DIR (it resumes RUN_DIR/last.safetensors)")
+            resume = os.path.join(args.out, "last.safetensors")
+        data = None  # the checkpoint's config says which data
+        if args.epochs is None:
+            cfg.epochs = 0  # keep the checkpoint's
+    else:
+        data = load_training_data(cfg)
+        if cfg.out is None:
+            cfg.out = _fresh_dir(os.path.join("runs", data.name if cfg.data == "digits" else
+                                              os.path.splitext(os.path.basename(os.path.normpath(cfg.data)))[0]))
+        elif os.path.exists(os.path.join(cfg.out, "last.safetensors")) and not args.overwrite:
+            raise FileExistsError(f"--out {cfg.out} already holds a run: continue it with --resume, pass "
+                                  f"--overwrite to replace it, or choose another --out")
+    t0 = time.perf_counter()
+    try:
+        result = fit(cfg, data, reporter=reporter, resume=resume)
+    except Interrupted as e:
+        print(f"\ninterrupted: resumable checkpoint saved to {e.path}\n"
+              f"continue with: nhl-fast train --resume {e.path}", file=sys.stderr)
+        return INTERRUPTED
+    wall = time.perf_counter() - t0
+    out = result["config"]["out"]
+    print(summary(result))
+    print(f"\nbest epoch {result['best_epoch']}/{result['epochs']}, training {result['train_time_s']:.1f} s, "
+          f"total {wall:.1f} s; run saved in {out}/ (best.safetensors, metrics.json, *.png)")
+    return 0
+
+
+def _checkpoint_data(args, ckpt):
+    """The data named on the command line, else the data the checkpoint was trained on."""
+    from nhl_fast.data import load_data
+
+    c = ckpt.config
+    spec = args.data or c["data"]
+    same = args.data is None
+    return load_data(spec, split=args.split or (c.get("split") if same else None),
+                     image_root=args.image_root or (c.get("image_root") if same else None),
+                     resize=c.get("resize", args.resize) if same else args.resize,
+                     crop=c.get("crop", args.crop) if same else args.crop)
+
+
+def _load_model(args):
+    from nhl_fast.checkpoint import load_checkpoint
+    from nhl_fast.model import build_model
+    from nhl_fast.train import resolve_device
+
+    ckpt = load_checkpoint(args.checkpoint)
+    device = resolve_device(args.device)
+    model = build_model(ckpt.config).to(device)
+    model.load_state_dict(ckpt.model)
+    model.eval()
+    return ckpt, model, device
+
+
+def _check_inputs(data, ckpt) -> None:
+    c = ckpt.config
+    if tuple(data.input_shape) != tuple(c["input_shape"]):
+        raise ValueError(f"the data's inputs have shape {tuple(data.input_shape)} but the checkpoint was trained "
+                         f"on inputs of shape {tuple(c['input_shape'])}")
+
+
+def cmd_eval(args) -> int:
+    from nhl_fast.checkpoint import atomic_write_json
+    from nhl_fast.evaluate import evaluate_model, table
+
+    reporter = Reporter(quiet=args.quiet)
+    ckpt, model, device = _load_model(args)
+    data = _checkpoint_data(args, ckpt)
+    _check_inputs(data, ckpt)
+    if data.num_classes != ckpt.config["num_classes"]:
+        reporter.info(f"note: {data.num_classes} label columns here, {ckpt.config['num_classes']} in training")
+    bits = ckpt.config["bits"]
+    t0 = time.perf_counter()
+    res = evaluate_model(model, data, bits, topk=args.topk, ties=args.ties, device=device,
+                         batch_size=args.batch_size or 256, workers=args.workers, curves=True, radius=args.radius,
+                         reporter=reporter)
+    res.update(checkpoint=os.path.abspath(args.checkpoint) if not os.path.isdir(args.checkpoint) else args.checkpoint,
+               data=data.describe(), seconds=time.perf_counter() - t0)
+    k = "all" if args.topk is None else args.topk
+    print(table(bits, {f"mAP@{k} ({args.ties})": res["map"], f"P@r{args.radius}": res["precision_at_radius"]},
+                first=data.name))
+    ckpt_path = args.checkpoint
+    base = ckpt_path if os.path.isdir(ckpt_path) else os.path.dirname(os.path.abspath(ckpt_path))
+    out = args.out or os.path.join(base, "eval.json")
+    atomic_write_json(out, res)
+    from nhl_fast import plots
+
+    plots.pr_curves(os.path.splitext(out)[0] + "_pr_curves.png",
+                    {int(b): (c["precision"], c["recall"]) for b, c in res["pr_curves"].items()})
+    print(f"\n{data.describe()}; {res['seconds']:.2f} s; results in {out}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from safetensors.torch import save
+
+    from nhl_fast.checkpoint import atomic_write_bytes
+    from nhl_fast.evaluate import encode_split
+
+    reporter = Reporter(quiet=args.quiet)
+    ckpt, model, device = _load_model(args)
+    data = _checkpoint_data(args, ckpt)
+    _check_inputs(data, ckpt)
+    split = getattr(data, args.which)
+    t0 = time.perf_counter()
+    codes, labels = encode_split(model, split, batch_size=args.batch_size or 256, device=device,
+                                 workers=args.workers, reporter=reporter, desc=f"encode {args.which}")
+    meta = {"bits": ",".join(str(b) for b in ckpt.config["bits"]), "split": args.which, "data": data.name,
+            "layout": "int64 words, bit j of a code = (word[j // 64] >> (j % 64)) & 1; length b = first b bits"}
+    atomic_write_bytes(args.out, save({"codes": codes.contiguous(), "labels": labels.contiguous()}, metadata=meta))
+    dt = time.perf_counter() - t0
+    print(f"encoded {codes.shape[0]} {args.which} items of {data.name} into {args.out}: codes {tuple(codes.shape)} "
+          f"int64 (bits {meta['bits']}), labels {tuple(labels.shape)}; {dt:.2f} s ({codes.shape[0] / dt:,.0f} items/s)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from nhl_fast.compare import METHODS, run_compare
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"--methods: unknown {bad or 'empty list'}; choose from {', '.join(METHODS)}")
+    text = run_compare(args, methods, Reporter(quiet=args.quiet))
+    print(text)
+    return 0
+
+
+def _bench_dir(arg) -> str:
+    if arg:
+        return arg
+    if os.path.isdir("bench"):
+        return "bench"
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def cmd_bench(args) -> int:
+    d = _bench_dir(args.dir)
+    scripts = sorted(f for f in os.listdir(d) if f.startswith("bench_") and f.endswith(".py")) \
+        if os.path.isdir(d) else []
+    if args.only:
+        want = {w.strip().removesuffix(".py") for w in args.only.split(",")}
+        missing = want - {s[:-3] for s in scripts}
+        if missing:
+            raise ValueError(f"--only: no benchmark script {', '.join(sorted(missing))} in {d}")
+        scripts = [s for s in scripts if s[:-3] in want]
+    if not scripts:
+        print(f"no benchmark scripts (bench/bench_*.py) in {os.path.abspath(d)}")
+        return 0
+    failed = []
+    for s in scripts:
+        cmd = [sys.executable, os.path.join(d, s)] + (["--quick"] if args.quick else []) + \
+            (["--device", args.device] if args.device else [])
+        print(f"== {' '.join(cmd)}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd, stdout=subprocess.DEVNULL if args.quiet else None)
+        print(f"   exit {rc} after {time.perf_counter() - t0:.1f} s", flush=True)
+        if rc:
+            failed.append(s)
+    print(f"{len(scripts) - len(failed)}/{len(scripts)} benchmarks ran; results in {os.path.join(d, 'results')}"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
