@@ -25,14 +25,13 @@ inline int select_smallest(int32_t* d, int64_t* idx, int64_t& n, int64_t k, int 
   int64_t below = 0;  // items with distance < kth
   while (below + hist[kth] < k) below += hist[kth++];
   int64_t need = k - below, out = 0;
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i) {  // branch-free: which items stay is data-dependent
     const int32_t di = d[i];
-    if (di < kth || (di == kth && need > 0)) {
-      need -= (di == kth);
-      d[out] = di;
-      idx[out] = idx[i];
-      ++out;
-    }
+    const int64_t at = (di == kth) & (need > 0);
+    need -= at;
+    d[out] = di;
+    idx[out] = idx[i];
+    out += (di < kth) | at;
   }
   n = out;
   return kth;
@@ -132,14 +131,13 @@ struct CandidateLists {
     int32_t* d = dist_of(list);
     int64_t* ix = idx_of(list);
     const int64_t n = count[list];
-    for (int64_t j = 0; j < n; ++j) {
+    for (int64_t j = 0; j < n; ++j) {  // branch-free, as in select_smallest
       const int32_t dj = d[j];
-      if (dj < t || (dj == t && need > 0)) {
-        need -= (dj == t);
-        d[out] = dj;
-        ix[out] = ix[j];
-        ++out;
-      }
+      const int64_t at = (dj == t) & (need > 0);
+      need -= at;
+      d[out] = dj;
+      ix[out] = ix[j];
+      out += (dj < t) | at;
     }
     return out;
   }
