@@ -201,6 +201,9 @@ class NHLObjective(nn.Module):
             raise ValueError(f"distill must be a number >= 0, got {distill!r}")
         self.adaptive, self.beta, self.distill, self.faithful = bool(adaptive), float(beta), float(distill), bool(faithful)
         self._batched_grad = True
+        #: use the base loss's closed-form per-length gradients (``length_grads``, e.g. CSQ) when it
+        #: has them; False forces the generic autograd path (any loss goes through it)
+        self.closed_form = True
         self._masks: dict = {}  # (device, dtype) -> length_mask, built once per device
         self.last_weights: Optional[Tensor] = None
         self.last_conflicts: Optional[Tensor] = None
@@ -255,10 +258,18 @@ class NHLObjective(nn.Module):
     def forward(self, u_list, labels: Tensor, indices: Optional[Tensor] = None, *, x: Optional[Tensor] = None) -> Tensor:
         u = self._full_codes(u_list)
         k = len(self.bit_list)
-        losses = self._base_losses(u, labels, indices)
         training = torch.is_grad_enabled() and u.requires_grad
         use_distill = self.distill > 0 and k > 1
         acc = torch.promote_types(u.dtype, torch.float32)
+        grad_loss = None  # (K, B, b_max) dL_k/du in closed form, when the base loss provides it
+        if training and self.closed_form and hasattr(self.base, "length_grads"):
+            # no graph through the base loss: its gradient enters the final backward through the
+            # value-neutral surrogate below, and the adaptive weights need no batched backward
+            losses, grad_loss = self.base.length_grads(u.detach().to(acc), self._labels(labels), indices)
+            if losses.shape != (k,):
+                raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({k},)")
+        else:
+            losses = self._base_losses(u, labels, indices)
         mask = self._mask(u.device, acc)
         if use_distill:
             # D needs no autograd graph: its gradient is closed-form (cascade_distill_grad) and enters
@@ -277,7 +288,7 @@ class NHLObjective(nn.Module):
             if inputs is None:
                 raise ValueError("adaptive=True needs the layer input: pass the NestedCodes that NestedHashLayer "
                                  "returns, or x= (the input of a raw linear head)")
-            G = self._loss_grads(losses, u)
+            G = grad_loss if grad_loss is not None else self._loss_grads(losses, u)
             with torch.no_grad():  # the weights are constants of the final backward
                 G = G.to(acc)
                 if grad_d is not None:
@@ -295,12 +306,18 @@ class NHLObjective(nn.Module):
             # quirk 3: zip(ws, criterions, outputs, distill_losses) stops at K-1 with distillation on
             final = F.pad(weights[:-1], (0, 1))
         total = (final.to(losses.dtype) * losses).sum()
+        grad_u = None  # d total / du of the terms that carry no graph (closed-form loss, distillation)
+        if grad_loss is not None:
+            grad_u = (final.to(acc)[:, None, None] * grad_loss).sum(0)
         if use_distill:
             coef = self.distill * final[:-1]
             total = total + (coef * dist).sum().to(total.dtype)
             if training:
-                surrogate = (u * (coef[:, None, None] * grad_d[:-1]).sum(0).to(u.dtype)).sum()
-                total = total + (surrogate - surrogate.detach()).to(total.dtype)
+                grad_dist = (coef[:, None, None] * grad_d[:-1]).sum(0)
+                grad_u = grad_dist if grad_u is None else grad_u + grad_dist
+        if grad_u is not None:
+            surrogate = (u * grad_u.to(u.dtype)).sum()
+            total = total + (surrogate - surrogate.detach()).to(total.dtype)
         if self.faithful and G is not None:
             # quirk 2: the head keeps the last analysis pass's gradient dO_K/d(W, b)
             if codes is None or codes.weight is None:
