@@ -261,11 +261,11 @@ class NHLObjective(nn.Module):
         training = torch.is_grad_enabled() and u.requires_grad
         use_distill = self.distill > 0 and k > 1
         acc = torch.promote_types(u.dtype, torch.float32)
-        grad_loss = None  # (K, B, b_max) dL_k/du in closed form, when the base loss provides it
-        if training and self.closed_form and hasattr(self.base, "length_grads"):
+        grad_cols = None  # dL/d(loss column layout) in closed form, when the base loss provides it
+        if training and self.closed_form and hasattr(self.base, "length_grads") and hasattr(self.base, "to_codes"):
             # no graph through the base loss: its gradient enters the final backward through the
             # value-neutral surrogate below, and the adaptive weights need no batched backward
-            losses, grad_loss = self.base.length_grads(u.detach().to(acc), self._labels(labels), indices)
+            losses, grad_cols, scale = self.base.length_grads(u.detach().to(acc), self._labels(labels), indices)
             if losses.shape != (k,):
                 raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({k},)")
         else:
@@ -288,7 +288,10 @@ class NHLObjective(nn.Module):
             if inputs is None:
                 raise ValueError("adaptive=True needs the layer input: pass the NestedCodes that NestedHashLayer "
                                  "returns, or x= (the input of a raw linear head)")
-            G = grad_loss if grad_loss is not None else self._loss_grads(losses, u)
+            if grad_cols is not None:
+                G = self.base.to_codes(scale[:, None, :] * grad_cols)
+            else:
+                G = self._loss_grads(losses, u)
             with torch.no_grad():  # the weights are constants of the final backward
                 G = G.to(acc)
                 if grad_d is not None:
@@ -307,8 +310,8 @@ class NHLObjective(nn.Module):
             final = F.pad(weights[:-1], (0, 1))
         total = (final.to(losses.dtype) * losses).sum()
         grad_u = None  # d total / du of the terms that carry no graph (closed-form loss, distillation)
-        if grad_loss is not None:
-            grad_u = (final.to(acc)[:, None, None] * grad_loss).sum(0)
+        if grad_cols is not None:
+            grad_u = self.base.to_codes((final.to(acc) @ scale) * grad_cols)
         if use_distill:
             coef = self.distill * final[:-1]
             total = total + (coef * dist).sum().to(total.dtype)

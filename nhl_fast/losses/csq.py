@@ -37,23 +37,20 @@ class CSQ(CenteredLoss):
 
     @torch.no_grad()
     def length_grads(self, u, labels, indices=None):
-        """(L (K,), G (K, B, b_max)) with G[k] = dL_k/du in closed form, no autograd graph.
+        """(L (K,), dx (B, ncols), scale (K, ncols)): the losses and their gradients in closed form, no graph.
 
-        Used by NHLObjective for the adaptive weights and the final backward instead of a
-        batched (vmapped) backward through this loss. With e(x) = BCE(2x, (t+1)/2) + lambda_
-        (|tanh x| - 1)^2: de/dx = 2 (sigmoid(2x) - (t+1)/2) + 2 lambda_ (|tanh x| - 1) sign(x) (1 - tanh^2 x)
-        (sign(0) = 0, as autograd's abs), and L_k averages e over the batch and length k's columns.
+        dL_k/du = to_codes(scale[k] * dx), and any combination sum_k w_k dL_k/du = to_codes((w @ scale) * dx)
+        costs one product. Used by NHLObjective (adaptive weights and final backward) instead of a
+        batched (vmapped) backward through this loss. With e(x) = BCE(2x, (t+1)/2) + lambda_ (|tanh x| - 1)^2:
+        de/dx = 2 (sigmoid(2x) - (t+1)/2) + 2 lambda_ (|tanh x| - 1) sign(x) (1 - tanh^2 x) (sign(0) = 0, as
+        autograd's abs), and L_k averages e over the batch and length k's columns.
         """
         u, y, _ = self.prepare(u, labels, indices)
         x = self.layout(u)
         t = (self.targets(y) + 1) / 2
         th = x.tanh()
-        e = F.binary_cross_entropy_with_logits(2 * x, t, reduction="none") + self.lambda_ * (th.abs() - 1).pow(2)
-        de = 2 * (torch.sigmoid(2 * x) - t) + (2 * self.lambda_) * (th.abs() - 1) * th.sign() * (1 - th * th)
+        dev = th.abs() - 1
+        e = F.binary_cross_entropy_with_logits(2 * x, t, reduction="none") + self.lambda_ * dev * dev
+        dx = 2 * (torch.sigmoid(2 * x) - t) + (2 * self.lambda_) * dev * th.sign() * (1 - th * th)
         scale = self.avg.to(e.dtype) / (e.shape[0] * self.bits_like(e))[:, None]  # (K, ncols)
-        losses = scale @ e.sum(0)
-        per_col = scale[:, None, :] * de  # (K, B, ncols): dL_k/dx
-        if self.nested:
-            return losses, per_col
-        G = per_col.new_zeros(per_col.shape[:2] + (self.b_max,))
-        return losses, G.index_add_(2, self.cols, per_col)
+        return scale @ e.sum(0), dx, scale
