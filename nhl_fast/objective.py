@@ -57,7 +57,15 @@ from nhl_fast.reference import relax_grad
 def _prefix_grams(u: Tensor, bit_list: Sequence[int]) -> Tensor:
     """(K, B, B) S_k = u[:, :b_k] u[:, :b_k]^T from cumulative blocks (one b_max-wide Gram in total)."""
     bounds = (0,) + tuple(bit_list)
-    return torch.stack([u[:, lo:hi] @ u[:, lo:hi].T for lo, hi in zip(bounds, bounds[1:])]).cumsum(0)
+    if torch.is_grad_enabled() and u.requires_grad:  # differentiable form (out= has no autograd)
+        return torch.stack([u[:, lo:hi] @ u[:, lo:hi].T for lo, hi in zip(bounds, bounds[1:])]).cumsum(0)
+    batch = u.shape[0]
+    grams = u.new_empty(len(bit_list), batch, batch)
+    torch.mm(u[:, :bit_list[0]], u[:, :bit_list[0]].T, out=grams[0])
+    for k in range(1, len(bit_list)):  # S_k = S_{k-1} + block block^T: the add is fused into the GEMM
+        block = u[:, bit_list[k - 1]:bit_list[k]]
+        torch.addmm(grams[k - 1], block, block.T, out=grams[k])
+    return grams
 
 
 def cascade_distill(u: Tensor, bit_list: Sequence[int]) -> Tensor:
