@@ -20,6 +20,11 @@ K passes over that graph if vmap cannot batch one of its ops), the distillation 
 are closed-form (below); then one B x B Gram, applied to the sum(b_k) nonzero columns,
 gives all K(K-1)/2 dots and K norms, on device, with no host sync.
 When B > sum(b_k) the direct form g_k = G_k^T X is cheaper and is used instead.
+A base loss with closed-form gradients (``length_grads`` + ``to_codes``, e.g. CSQ) skips the
+batched autograd call and the loss graph: its losses are computed without a graph and the final
+backward receives sum_k w_k dL_k/du through the same value-neutral surrogate as distillation
+(``closed_form = False`` forces the generic path). The K gradients travel packed, (B, sum b_k):
+G_k[:, :b_k] side by side.
 
 Distillation D_k (k < K): ||N(S_{k+1}) - N(S_k)||_F^2 / B^2 with S_k = u_k u_k^T,
 N = row L2-normalisation, the teacher S_{k+1} detached. All K Grams come from cumulative
