@@ -121,7 +121,21 @@ def cascade_distill_grad(u: Tensor, normed: Tensor, norms: Tensor, bit_list: Seq
     backward through K Gram graphs.
     """
     packed = cascade_distill_grad_packed(u, normed, norms, bit_list)
-    return unpack_lengths(packed, pack_index(bit_list, u.device), len(bit_list), bit_list[-1])
+    return unpack_lengths(packed, bit_list)
+
+
+def fold_lengths(packed: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(B, b_max) sum_k of the packed segments, segment k added onto columns [0, b_k).
+
+    K slice adds: an index_add_ along the columns is several times slower on CPU."""
+    out, lo = None, 0
+    for b in bit_list:
+        part = packed[:, lo:lo + b]
+        if out is None:
+            out = packed.new_zeros(packed.shape[0], bit_list[-1])
+        out[:, :b] += part
+        lo += b
+    return out
 
 
 def pack_index(bit_list: Sequence[int], device) -> Tensor:
@@ -130,16 +144,14 @@ def pack_index(bit_list: Sequence[int], device) -> Tensor:
     return torch.cat([torch.arange(b, device=device) + k * b_max for k, b in enumerate(bit_list)])
 
 
-def unpack_lengths(packed: Tensor, index: Tensor, k: int, b_max: int) -> Tensor:
+def unpack_lengths(packed: Tensor, bit_list: Sequence[int]) -> Tensor:
     """(K, B, b_max) zero-padded per-length gradients from the (B, sum b_k) packed form."""
-    full = packed.new_zeros(packed.shape[0], k * b_max).index_copy_(1, index, packed)
-    return full.view(-1, k, b_max).transpose(0, 1)
-
-
-def length_mask(bit_list: Sequence[int], device, dtype) -> Tensor:
-    """(K, b_max) with row k = 1 on the first b_k columns (built on device: no host copy)."""
-    cols = torch.arange(bit_list[-1], device=device)
-    return torch.stack([cols < b for b in bit_list]).to(dtype)
+    full = packed.new_zeros(len(bit_list), packed.shape[0], bit_list[-1])
+    lo = 0
+    for i, b in enumerate(bit_list):  # K slice copies: index_copy_ along the columns is slow on CPU
+        full[i, :, :b] = packed[:, lo:lo + b]
+        lo += b
+    return full
 
 
 def gradient_dots(packed: Tensor, x: Tensor, index: Tensor, bit_list: Sequence[int]) -> Tensor:
@@ -152,9 +164,9 @@ def gradient_dots(packed: Tensor, x: Tensor, index: Tensor, bit_list: Sequence[i
     """
     k, b_max = len(bit_list), bit_list[-1]
     batch = packed.shape[0]
-    left = unpack_lengths(packed, index, k, b_max)  # (K, B, b_max)
+    left = unpack_lengths(packed, bit_list)  # (K, B, b_max)
     if batch <= packed.shape[1]:  # via the B x B Gram of the input
-        right = unpack_lengths((x @ x.T) @ packed, index, k, b_max)
+        right = unpack_lengths((x @ x.T) @ packed, bit_list)
         return left.reshape(k, -1) @ right.reshape(k, -1).T
     g = left.transpose(1, 2) @ x  # (K, b_max, in): the weight gradients themselves (cheaper for huge B)
     return g.reshape(k, -1) @ g.reshape(k, -1).T
@@ -286,10 +298,12 @@ class NHLObjective(nn.Module):
         use_distill = self.distill > 0 and k > 1
         acc = torch.promote_types(u.dtype, torch.float32)
         grad_cols = None  # dL/d(loss column layout) in closed form, when the base loss provides it
+        packed_layout = False  # the loss's column layout is [u[:, :b_1], ..., u[:, :b_K]] (the packed form)
         if training and self.closed_form and hasattr(self.base, "length_grads") and hasattr(self.base, "to_codes"):
             # no graph through the base loss: its gradient enters the final backward through the
             # value-neutral surrogate below, and the adaptive weights need no batched backward
             losses, grad_cols, scale = self.base.length_grads(u.detach().to(acc), self._labels(labels), indices)
+            packed_layout = bool(getattr(self.base, "packed_layout", False))
             if losses.shape != (k,):
                 raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({k},)")
         else:
@@ -312,13 +326,15 @@ class NHLObjective(nn.Module):
             if inputs is None:
                 raise ValueError("adaptive=True needs the layer input: pass the NestedCodes that NestedHashLayer "
                                  "returns, or x= (the input of a raw linear head)")
-            if grad_cols is not None:
-                G = self.base.to_codes(scale[:, None, :] * grad_cols)
-            else:
-                G = self._loss_grads(losses, u)
+            G = self._loss_grads(losses, u) if grad_cols is None else None  # autograd over the loss graph
             with torch.no_grad():  # the weights are constants of the final backward
-                # (B, sum b_k): every G_k[:, :b_k] side by side (G_k is 0 past b_k)
-                G = G.to(acc).transpose(0, 1).reshape(u.shape[0], -1).index_select(1, index)
+                # G: (B, sum b_k), every G_k[:, :b_k] side by side (G_k is 0 past b_k)
+                if packed_layout:  # the loss's columns are that layout already, each in one length
+                    G = grad_cols * scale.sum(0)
+                else:
+                    if G is None:
+                        G = self.base.to_codes(scale[:, None, :] * grad_cols)
+                    G = G.to(acc).transpose(0, 1).reshape(u.shape[0], -1).index_select(1, index)
                 if grad_d is not None:
                     G = G + self.distill * grad_d
                 if codes is not None and codes.relax != "none":
@@ -336,14 +352,15 @@ class NHLObjective(nn.Module):
         total = (final.to(losses.dtype) * losses).sum()
         grad_u = None  # d total / du of the terms that carry no graph (closed-form loss, distillation)
         if grad_cols is not None:
-            grad_u = self.base.to_codes((final.to(acc) @ scale) * grad_cols)
+            per_col = (final.to(acc) @ scale) * grad_cols
+            grad_u = fold_lengths(per_col, self.bit_list) if packed_layout else self.base.to_codes(per_col)
         if use_distill:
             coef = self.distill * final[:-1]
             total = total + (coef * dist).sum().to(total.dtype)
             if training:
                 # sum_k coef_k dD_k/du: the packed columns scaled per length, added back onto their columns
                 scaled = grad_d * (F.pad(coef, (0, 1)).to(acc) @ seg)
-                grad_dist = grad_d.new_zeros(u.shape).index_add_(1, cols, scaled)
+                grad_dist = fold_lengths(scaled, self.bit_list)
                 grad_u = grad_dist if grad_u is None else grad_u + grad_dist
         if grad_u is not None:
             surrogate = (u * grad_u.to(u.dtype)).sum()
