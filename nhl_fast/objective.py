@@ -20,6 +20,11 @@ K passes over that graph if vmap cannot batch one of its ops), the distillation 
 are closed-form (below); then one B x B Gram, applied to the sum(b_k) nonzero columns,
 gives all K(K-1)/2 dots and K norms, on device, with no host sync.
 When B > sum(b_k) the direct form g_k = G_k^T X is cheaper and is used instead.
+A base loss with closed-form gradients (``length_grads`` + ``to_codes``, e.g. CSQ) skips the
+batched autograd call and the loss graph: its losses are computed without a graph and the final
+backward receives sum_k w_k dL_k/du through the same value-neutral surrogate as distillation
+(``closed_form = False`` forces the generic path). The K gradients travel packed, (B, sum b_k):
+G_k[:, :b_k] side by side.
 
 Distillation D_k (k < K): ||N(S_{k+1}) - N(S_k)||_F^2 / B^2 with S_k = u_k u_k^T,
 N = row L2-normalisation, the teacher S_{k+1} detached. All K Grams come from cumulative
@@ -56,14 +61,16 @@ from nhl_fast.reference import relax_grad
 
 def _prefix_grams(u: Tensor, bit_list: Sequence[int]) -> Tensor:
     """(K, B, B) S_k = u[:, :b_k] u[:, :b_k]^T from cumulative blocks (one b_max-wide Gram in total)."""
-    grams, gram, lo = [], None, 0
-    for b in bit_list:
-        block = u[:, lo:b]
-        part = block @ block.T
-        gram = part if gram is None else gram + part
-        grams.append(gram)
-        lo = b
-    return torch.stack(grams)
+    bounds = (0,) + tuple(bit_list)
+    if torch.is_grad_enabled() and u.requires_grad:  # differentiable form (out= has no autograd)
+        return torch.stack([u[:, lo:hi] @ u[:, lo:hi].T for lo, hi in zip(bounds, bounds[1:])]).cumsum(0)
+    batch = u.shape[0]
+    grams = u.new_empty(len(bit_list), batch, batch)
+    torch.mm(u[:, :bit_list[0]], u[:, :bit_list[0]].T, out=grams[0])
+    for k in range(1, len(bit_list)):  # S_k = S_{k-1} + block block^T: the add is fused into the GEMM
+        block = u[:, bit_list[k - 1]:bit_list[k]]
+        torch.addmm(grams[k - 1], block, block.T, out=grams[k])
+    return grams
 
 
 def cascade_distill(u: Tensor, bit_list: Sequence[int]) -> Tensor:
@@ -92,6 +99,19 @@ def cascade_distill_parts(u: Tensor, bit_list: Sequence[int]):
 
 
 @torch.no_grad()
+def cascade_distill_grad_packed(u: Tensor, normed: Tensor, norms: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(B, sum b_k) the nonzero columns of every dD_k/du side by side (length k's segment holds
+    dD_k/du[:, :b_k]; the longest length's segment is 0). See cascade_distill_grad."""
+    batch = u.shape[0]
+    student, teacher, r = normed[:-1], normed[1:], norms[:-1]
+    e = 2 * (student - teacher) / (batch * batch)
+    a = torch.where(r > _EPS, e - student * (e * student).sum(2, keepdim=True), e) / r
+    sym = a + a.transpose(1, 2)
+    parts = [sym[k] @ u[:, :b] for k, b in enumerate(bit_list[:-1])]  # only the b_k columns D_k depends on
+    return torch.cat(parts + [u.new_zeros(batch, bit_list[-1])], dim=1)
+
+
+@torch.no_grad()
 def cascade_distill_grad(u: Tensor, normed: Tensor, norms: Tensor, bit_list: Sequence[int]) -> Tensor:
     """(K, B, b_max) dD_k/du in closed form (row K is 0: the longest code has no teacher).
 
@@ -100,41 +120,53 @@ def cascade_distill_grad(u: Tensor, normed: Tensor, norms: Tensor, bit_list: Seq
     gives dD/du_k = (A + A^T) u_k. K - 1 small batched products instead of a vmapped
     backward through K Gram graphs.
     """
-    batch = u.shape[0]
-    student, teacher, r = normed[:-1], normed[1:], norms[:-1]
-    e = 2 * (student - teacher) / (batch * batch)
-    a = torch.where(r > _EPS, e - student * (e * student).sum(2, keepdim=True), e) / r
-    sym = a + a.transpose(1, 2)
-    g = u.new_zeros((len(bit_list),) + tuple(u.shape))
-    for k, b in enumerate(bit_list[:-1]):
-        g[k, :, :b] = sym[k] @ u[:, :b]  # only the b_k columns D_k depends on
-    return g
+    packed = cascade_distill_grad_packed(u, normed, norms, bit_list)
+    return unpack_lengths(packed, bit_list)
 
 
-def length_mask(bit_list: Sequence[int], device, dtype) -> Tensor:
-    """(K, b_max) with row k = 1 on the first b_k columns (built on device: no host copy)."""
-    cols = torch.arange(bit_list[-1], device=device)
-    return torch.stack([cols < b for b in bit_list]).to(dtype)
+def fold_lengths(packed: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(B, b_max) sum_k of the packed segments, segment k added onto columns [0, b_k).
+
+    K slice adds: an index_add_ along the columns is several times slower on CPU."""
+    out, lo = None, 0
+    for b in bit_list:
+        part = packed[:, lo:lo + b]
+        if out is None:
+            out = packed.new_zeros(packed.shape[0], bit_list[-1])
+        out[:, :b] += part
+        lo += b
+    return out
 
 
-def gradient_dots(G: Tensor, x: Tensor, mask: Tensor, bit_list: Sequence[int]) -> Tensor:
+def pack_index(bit_list: Sequence[int], device) -> Tensor:
+    """(sum b_k,) positions, in a (K * b_max) flattening, of the packed columns [G_1[:, :b_1], ..., G_K[:, :b_K]]."""
+    b_max = bit_list[-1]
+    return torch.cat([torch.arange(b, device=device) + k * b_max for k, b in enumerate(bit_list)])
+
+
+def unpack_lengths(packed: Tensor, bit_list: Sequence[int]) -> Tensor:
+    """(K, B, b_max) zero-padded per-length gradients from the (B, sum b_k) packed form."""
+    full = packed.new_zeros(len(bit_list), packed.shape[0], bit_list[-1])
+    lo = 0
+    for i, b in enumerate(bit_list):  # K slice copies: index_copy_ along the columns is slow on CPU
+        full[i, :, :b] = packed[:, lo:lo + b]
+        lo += b
+    return full
+
+
+def gradient_dots(packed: Tensor, x: Tensor, index: Tensor, bit_list: Sequence[int]) -> Tensor:
     """(K, K) d[i, j] = <g_i[:b_i rows], g_j[:b_i rows]> with g_k = G_k^T x.
 
-    G: (K, B, b_max) gradients w.r.t. the pre-activation; x: (B, in) the layer input;
-    mask: length_mask(bit_list). G_k is masked to its first b_k columns (O_k depends on
-    nothing else), so every dot is a full inner product <G_i, (X X^T) G_j>, and the
-    B x B Gram multiplies only the sum(b_k) nonzero columns.
+    packed: (B, sum b_k) the nonzero columns G_k[:, :b_k] of every length side by side (O_k depends on
+    nothing past b_k, so G_k is 0 there); x: (B, in) the layer input; index: pack_index(bit_list).
+    Every dot is then a full inner product <G_i, (X X^T) G_j>, and the B x B Gram multiplies only
+    the sum(b_k) packed columns.
     """
-    k, batch, b_max = G.shape
-    left = G * mask[:, None, :]
-    if batch <= sum(bit_list):  # via the B x B Gram of the input
-        packed = torch.cat([left[i, :, :b] for i, b in enumerate(bit_list)], dim=1)  # (B, sum b_k)
-        hp = (x @ x.T) @ packed
-        right = torch.zeros_like(left)
-        lo = 0
-        for i, b in enumerate(bit_list):
-            right[i, :, :b] = hp[:, lo:lo + b]
-            lo += b
+    k, b_max = len(bit_list), bit_list[-1]
+    batch = packed.shape[0]
+    left = unpack_lengths(packed, bit_list)  # (K, B, b_max)
+    if batch <= packed.shape[1]:  # via the B x B Gram of the input
+        right = unpack_lengths((x @ x.T) @ packed, bit_list)
         return left.reshape(k, -1) @ right.reshape(k, -1).T
     g = left.transpose(1, 2) @ x  # (K, b_max, in): the weight gradients themselves (cheaper for huge B)
     return g.reshape(k, -1) @ g.reshape(k, -1).T
@@ -201,7 +233,10 @@ class NHLObjective(nn.Module):
             raise ValueError(f"distill must be a number >= 0, got {distill!r}")
         self.adaptive, self.beta, self.distill, self.faithful = bool(adaptive), float(beta), float(distill), bool(faithful)
         self._batched_grad = True
-        self._masks: dict = {}  # (device, dtype) -> length_mask, built once per device
+        #: use the base loss's closed-form per-length gradients (``length_grads``, e.g. CSQ) when it
+        #: has them; False forces the generic autograd path (any loss goes through it)
+        self.closed_form = True
+        self._masks: dict = {}  # (device, dtype) -> _packing, built once per device
         self.last_weights: Optional[Tensor] = None
         self.last_conflicts: Optional[Tensor] = None
         self.last_grad_dots: Optional[Tensor] = None
@@ -230,10 +265,14 @@ class NHLObjective(nn.Module):
             raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({len(self.bit_list)},)")
         return losses
 
-    def _mask(self, device, dtype) -> Tensor:
+    def _packing(self, device, dtype):
+        """(pack_index, column of each packed column, (K, sum b_k) 0/1 length of each packed column), cached."""
         key = (device, dtype)
         if key not in self._masks:
-            self._masks[key] = length_mask(self.bit_list, device, dtype)
+            index = pack_index(self.bit_list, device)
+            seg = torch.cat([torch.full((b,), k, device=device) for k, b in enumerate(self.bit_list)])
+            onehot = (seg == torch.arange(len(self.bit_list), device=device)[:, None]).to(dtype)
+            self._masks[key] = (index, index % self.bit_list[-1], onehot)
         return self._masks[key]
 
     def _loss_grads(self, losses: Tensor, u: Tensor) -> Tensor:
@@ -255,17 +294,27 @@ class NHLObjective(nn.Module):
     def forward(self, u_list, labels: Tensor, indices: Optional[Tensor] = None, *, x: Optional[Tensor] = None) -> Tensor:
         u = self._full_codes(u_list)
         k = len(self.bit_list)
-        losses = self._base_losses(u, labels, indices)
         training = torch.is_grad_enabled() and u.requires_grad
         use_distill = self.distill > 0 and k > 1
         acc = torch.promote_types(u.dtype, torch.float32)
-        mask = self._mask(u.device, acc)
+        grad_cols = None  # dL/d(loss column layout) in closed form, when the base loss provides it
+        packed_layout = False  # the loss's column layout is [u[:, :b_1], ..., u[:, :b_K]] (the packed form)
+        if training and self.closed_form and hasattr(self.base, "length_grads") and hasattr(self.base, "to_codes"):
+            # no graph through the base loss: its gradient enters the final backward through the
+            # value-neutral surrogate below, and the adaptive weights need no batched backward
+            losses, grad_cols, scale = self.base.length_grads(u.detach().to(acc), self._labels(labels), indices)
+            packed_layout = bool(getattr(self.base, "packed_layout", False))
+            if losses.shape != (k,):
+                raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({k},)")
+        else:
+            losses = self._base_losses(u, labels, indices)
+        index, cols, seg = self._packing(u.device, acc)
         if use_distill:
             # D needs no autograd graph: its gradient is closed-form (cascade_distill_grad) and enters
             # the final loss through a value-neutral surrogate term below.
             u_acc = u.detach().to(acc)
             dist, normed, norms = cascade_distill_parts(u_acc, self.bit_list)
-            grad_d = cascade_distill_grad(u_acc, normed, norms, self.bit_list) if training else None
+            grad_d = cascade_distill_grad_packed(u_acc, normed, norms, self.bit_list) if training else None
         else:
             dist, grad_d = losses.new_zeros(k - 1).detach(), None
         self.last_losses, self.last_distill = losses.detach(), dist
@@ -277,14 +326,20 @@ class NHLObjective(nn.Module):
             if inputs is None:
                 raise ValueError("adaptive=True needs the layer input: pass the NestedCodes that NestedHashLayer "
                                  "returns, or x= (the input of a raw linear head)")
-            G = self._loss_grads(losses, u)
+            G = self._loss_grads(losses, u) if grad_cols is None else None  # autograd over the loss graph
             with torch.no_grad():  # the weights are constants of the final backward
-                G = G.to(acc)
+                # G: (B, sum b_k), every G_k[:, :b_k] side by side (G_k is 0 past b_k)
+                if packed_layout:  # the loss's columns are that layout already, each in one length
+                    G = grad_cols * scale.sum(0)
+                else:
+                    if G is None:
+                        G = self.base.to_codes(scale[:, None, :] * grad_cols)
+                    G = G.to(acc).transpose(0, 1).reshape(u.shape[0], -1).index_select(1, index)
                 if grad_d is not None:
                     G = G + self.distill * grad_d
-                if codes is not None:
-                    G = relax_grad(G, codes.relax, codes.full, codes.pre)
-                dots = gradient_dots(G, inputs.to(acc), mask, self.bit_list)
+                if codes is not None and codes.relax != "none":
+                    G = relax_grad(G, codes.relax, codes.full.index_select(1, cols), codes.pre.index_select(1, cols))
+                dots = gradient_dots(G, inputs.to(acc), index, self.bit_list)
                 weights, conflicts = dominance_weights(dots, self.beta, self.faithful)
             self.last_conflicts, self.last_grad_dots = conflicts, dots
         else:
@@ -295,17 +350,26 @@ class NHLObjective(nn.Module):
             # quirk 3: zip(ws, criterions, outputs, distill_losses) stops at K-1 with distillation on
             final = F.pad(weights[:-1], (0, 1))
         total = (final.to(losses.dtype) * losses).sum()
+        grad_u = None  # d total / du of the terms that carry no graph (closed-form loss, distillation)
+        if grad_cols is not None:
+            per_col = (final.to(acc) @ scale) * grad_cols
+            grad_u = fold_lengths(per_col, self.bit_list) if packed_layout else self.base.to_codes(per_col)
         if use_distill:
             coef = self.distill * final[:-1]
             total = total + (coef * dist).sum().to(total.dtype)
             if training:
-                surrogate = (u * (coef[:, None, None] * grad_d[:-1]).sum(0).to(u.dtype)).sum()
-                total = total + (surrogate - surrogate.detach()).to(total.dtype)
+                # sum_k coef_k dD_k/du: the packed columns scaled per length, added back onto their columns
+                scaled = grad_d * (F.pad(coef, (0, 1)).to(acc) @ seg)
+                grad_dist = fold_lengths(scaled, self.bit_list)
+                grad_u = grad_dist if grad_u is None else grad_u + grad_dist
+        if grad_u is not None:
+            surrogate = (u * grad_u.to(u.dtype)).sum()
+            total = total + (surrogate - surrogate.detach()).to(total.dtype)
         if self.faithful and G is not None:
             # quirk 2: the head keeps the last analysis pass's gradient dO_K/d(W, b)
             if codes is None or codes.weight is None:
                 raise ValueError("faithful=True needs the NestedCodes of NestedHashLayer (it touches W and b)")
-            g_last = G[-1].to(codes.weight.dtype)  # computed under no_grad: a constant
+            g_last = G[:, -self.bit_list[-1]:].to(codes.weight.dtype)  # the longest length's segment  # computed under no_grad: a constant
             xin = codes.input.detach().to(g_last.dtype)
             surrogate = (codes.weight * (g_last.T @ xin)).sum() + (codes.bias * g_last.sum(0)).sum()
             total = total + (surrogate - surrogate.detach()).to(total.dtype)

@@ -417,3 +417,32 @@ def test_step_under_cpu_autocast():
     ref = nf.NHLObjective("csq", BITS, distill=0.1, num_classes=N_CLASS)
     ref(layer(net(x)), labels, idx)
     torch.testing.assert_close(obj.last_weights, ref.last_weights, rtol=0.1, atol=0.05)
+
+
+@pytest.mark.parametrize("centers", ["per_length", "nested"])
+@pytest.mark.parametrize("relax", ["none", "tanh"])
+def test_closed_form_csq_grads_match_autograd(centers, relax):
+    """CSQ's length_grads (the objective's fast path) == autograd through the loss: losses, dL_k/du,
+    and a whole objective step (weights, dots, gradients of W, b and the backbone) == the generic path."""
+    net, layer, x, labels, idx = make_problem(3, relax=relax)
+    loss = nf.losses.get_loss("csq", BITS, num_classes=N_CLASS, centers=centers).double()
+    u = layer(net(x)).full.detach().requires_grad_()
+    u.data[0, :3] = 0.0  # sign(0): autograd's abs gives 0 there
+    want = loss(u, labels)
+    got, dx, scale = loss.length_grads(u.detach(), labels)
+    G = loss.to_codes(scale[:, None, :] * dx)
+    torch.testing.assert_close(got, want.detach())
+    for k in range(len(BITS)):
+        torch.testing.assert_close(G[k], torch.autograd.grad(want[k], u, retain_graph=True)[0])
+    results = []
+    for closed in (True, False):
+        obj = nf.NHLObjective("csq", BITS, beta=0.01, distill=0.1, num_classes=N_CLASS, centers=centers).double()
+        obj.closed_form = closed
+        net.zero_grad()
+        layer.zero_grad()
+        total = obj(layer(net(x)), labels, idx)
+        total.backward()
+        results.append((total.detach(), obj.last_weights, obj.last_grad_dots, layer.weight.grad.clone(),
+                        layer.bias.grad.clone(), net[0].weight.grad.clone()))
+    for fast, generic in zip(*results):
+        torch.testing.assert_close(fast, generic, rtol=1e-9, atol=1e-12)
