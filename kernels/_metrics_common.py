@@ -7,15 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def popcount64(x):
-    """Bits set in each int64 (SWAR: no popcount instruction needed, runs under the interpreter)."""
-    x = x.to(tl.uint64, bitcast=True)
-    x = x - ((x >> 1) & 0x5555555555555555)
-    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
-    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
-    return ((x * 0x0101010101010101) >> 56).to(tl.int32)
+from nhl_fast.kernels.hamming import popcount64
 
 
 @triton.jit
@@ -49,6 +41,24 @@ def block_relevance(dl_ptr, offs, valid, ql_ptr, pid, LW: tl.constexpr, LWP: tl.
         qlab = tl.load(ql_ptr + pid * LW + lw, mask=lw < LW, other=0)
         dl = tl.load(dl_ptr + offs[:, None] * LW + lw[None, :], mask=valid[:, None] & (lw < LW)[None, :], other=0)
         return (tl.sum(((dl & qlab[None, :]) != 0).to(tl.int32), axis=1) > 0) & valid
+
+
+@triton.jit
+def query_histograms(db_ptr, dl_ptr, ql_ptr, pid, qw, masks, N, W, WP: tl.constexpr, LW: tl.constexpr,
+                     LWP: tl.constexpr, LP: tl.constexpr, NB: tl.constexpr, BLOCK: tl.constexpr):
+    """(LP, NB) int32 counts of all / relevant database items at each distance: one streamed pass."""
+    bins = tl.arange(0, NB)
+    tot = tl.zeros((LP, NB), dtype=tl.int32)
+    rel = tl.zeros((LP, NB), dtype=tl.int32)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        valid = offs < N
+        d = block_distances(db_ptr, offs, valid, qw, masks, W, WP)
+        r = block_relevance(dl_ptr, offs, valid, ql_ptr, pid, LW, LWP)
+        hot = ((d[:, :, None] == bins[None, None, :]) & valid[:, None, None]).to(tl.int32)
+        tot += tl.sum(hot, axis=0)
+        rel += tl.sum(hot * r.to(tl.int32)[:, None, None], axis=0)
+    return tot, rel
 
 
 def launch_params(q: torch.Tensor, q_labels: torch.Tensor, bits: list[int]) -> dict:

@@ -6,7 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from nhl_fast.kernels._metrics_common import block_distances, block_relevance, launch_params, length_masks
+from nhl_fast.kernels._metrics_common import (block_distances, block_relevance, launch_params, length_masks,
+                                              query_histograms)
 
 
 @triton.jit
@@ -18,16 +19,7 @@ def _distance_histogram_kernel(q_ptr, db_ptr, ql_ptr, dl_ptr, bits_ptr, tot_ptr,
     qw = tl.load(q_ptr + pid * W + words, mask=words < W, other=0)
     masks = length_masks(bits_ptr, L, LP, WP)
     bins = tl.arange(0, NB)
-    tot = tl.zeros((LP, NB), dtype=tl.int32)
-    rel = tl.zeros((LP, NB), dtype=tl.int32)
-    for start in range(0, N, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        valid = offs < N
-        d = block_distances(db_ptr, offs, valid, qw, masks, W, WP)
-        r = block_relevance(dl_ptr, offs, valid, ql_ptr, pid, LW, LWP)
-        hot = ((d[:, :, None] == bins[None, None, :]) & valid[:, None, None]).to(tl.int32)
-        tot += tl.sum(hot, axis=0)
-        rel += tl.sum(hot * r.to(tl.int32)[:, None, None], axis=0)
+    tot, rel = query_histograms(db_ptr, dl_ptr, ql_ptr, pid, qw, masks, N, W, WP, LW, LWP, LP, NB, BLOCK)
     lens = tl.arange(0, LP)
     out = (lens[:, None] * Q + pid) * B1 + bins[None, :]
     keep = (lens[:, None] < L) & (bins[None, :] < B1)

@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from nhl_fast.kernels._metrics_common import block_distances, block_relevance, launch_params, length_masks
+from nhl_fast.kernels._metrics_common import (block_distances, block_relevance, launch_params, length_masks,
+                                              query_histograms)
 
 
 @triton.jit
@@ -22,16 +23,7 @@ def _index_ap_kernel(q_ptr, db_ptr, ql_ptr, dl_ptr, bits_ptr, ap_ptr, hits_ptr, 
     qw = tl.load(q_ptr + pid * W + words, mask=words < W, other=0)
     masks = length_masks(bits_ptr, L, LP, WP)
     bins = tl.arange(0, NB)
-    tot = tl.zeros((LP, NB), dtype=tl.int32)
-    rel = tl.zeros((LP, NB), dtype=tl.int32)
-    for start in range(0, N, BLOCK):  # pass 1: histograms
-        offs = start + tl.arange(0, BLOCK)
-        valid = offs < N
-        d = block_distances(db_ptr, offs, valid, qw, masks, W, WP)
-        r = block_relevance(dl_ptr, offs, valid, ql_ptr, pid, LW, LWP)
-        hot = ((d[:, :, None] == bins[None, None, :]) & valid[:, None, None]).to(tl.int32)
-        tot += tl.sum(hot, axis=0)
-        rel += tl.sum(hot * r.to(tl.int32)[:, None, None], axis=0)
+    tot, rel = query_histograms(db_ptr, dl_ptr, ql_ptr, pid, qw, masks, N, W, WP, LW, LWP, LP, NB, BLOCK)
     # counts strictly below each bin; the walk adds the items seen so far in the bin
     seen_tot = tl.cumsum(tot, axis=1) - tot
     seen_rel = tl.cumsum(rel, axis=1) - rel
