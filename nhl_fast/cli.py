@@ -26,23 +26,21 @@ def parse_bits(text: str) -> tuple:
 def parse_topk(text: str) -> Optional[int]:
     if text.lower() in ("all", "none", "0"):
         return None
-    try:
-        k = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--topk {text!r}: expected a positive integer or 'all'") from None
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"--topk {text!r}: expected a positive integer or 'all'")
-    return k
+    return _positive(text, f"--topk {text!r}: expected a positive integer or 'all'")
 
 
 def positive_int(text: str) -> int:
+    return _positive(text, f"expected a positive integer, got {text!r}")
+
+
+def _positive(text: str, message: str) -> int:
     try:
-        v = int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+        raise argparse.ArgumentTypeError(message) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(message)
+    return value
 
 
 def _data_args(p: argparse.ArgumentParser, default: Optional[str] = "digits") -> None:
