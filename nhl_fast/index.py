@@ -1,0 +1,93 @@
+"""NestedHammingIndex: an exact multi-length Hamming index over packed codes.
+
+Codes are added in batches (the database grows by amortised doubling, like a vector), and
+`search` runs the engine's one-pass multi-length top-k over everything added so far.
+`save`/`load` use safetensors, written to a temp file then renamed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Iterable, Optional
+
+import torch
+
+from nhl_fast import _checks
+from nhl_fast.engine import topk
+
+
+class NestedHammingIndex:
+    """Exact top-k over nested code lengths: index.add(packed); index.search(q, k) -> (L, Q, k)."""
+
+    def __init__(self, bits: Iterable[int], device: str | torch.device = "cpu", backend: Optional[str] = None):
+        self.bits = _checks.increasing_lengths(bits, "bits")
+        self.words = (self.bits[-1] + 63) // 64
+        self.device = torch.device(device)
+        self.backend = backend
+        self._codes = torch.empty(0, self.words, dtype=torch.int64, device=self.device)
+        self.ntotal = 0
+
+    def add(self, packed: torch.Tensor) -> None:
+        """Append (n, W) int64 packed codes; their ids are ntotal .. ntotal + n - 1."""
+        packed = _checks.packed_codes(packed, "packed")
+        if packed.shape[1] != self.words:
+            raise ValueError(f"packed has {packed.shape[1]} words per code, the index holds {self.words} "
+                             f"({self.bits[-1]}-bit codes)")
+        n = packed.shape[0]
+        if self.ntotal + n > self._codes.shape[0]:  # amortised doubling: adds stay O(n) overall
+            grown = torch.empty(max(2 * self._codes.shape[0], self.ntotal + n), self.words,
+                                dtype=torch.int64, device=self.device)
+            grown[: self.ntotal] = self._codes[: self.ntotal]
+            self._codes = grown
+        self._codes[self.ntotal: self.ntotal + n] = packed.to(self.device)
+        self.ntotal += n
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """(ntotal, W) view of the stored codes."""
+        return self._codes[: self.ntotal]
+
+    def search(self, q: torch.Tensor, k: int, bits: Optional[Iterable[int]] = None):
+        """(L, Q, k) int32 distances and int64 ids per length (ascending distance, ties by lower id)."""
+        if self.ntotal == 0:
+            raise ValueError("the index is empty: add codes before searching")
+        bits = self.bits if bits is None else bits
+        return topk(q.to(self.device), self.codes, k, bits, backend=self.backend)
+
+    def reset(self) -> None:
+        self._codes = self._codes[:0]
+        self.ntotal = 0
+
+    def save(self, path: str) -> None:
+        """Write codes + config to a safetensors file (temp file then rename: never a torn file)."""
+        from safetensors.torch import save_file
+
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"codes": self.codes.cpu().contiguous()}, tmp,
+                      metadata={"nhl_fast_index": json.dumps({"bits": list(self.bits)})})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str, device: str | torch.device = "cpu", backend: Optional[str] = None) -> "NestedHammingIndex":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["nhl_fast_index"])
+                codes = f.get_tensor("codes")
+        except (KeyError, ValueError, OSError, SafetensorError) as e:
+            raise ValueError(f"{path}: not a NestedHammingIndex file ({e})") from None
+        index = cls(meta["bits"], device=device, backend=backend)
+        if codes.shape[0]:
+            index.add(codes)
+        return index
+
+    def __repr__(self) -> str:
+        return f"NestedHammingIndex(bits={self.bits}, ntotal={self.ntotal}, device={self.device})"
