@@ -5,6 +5,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/engine_checks.h"
@@ -12,17 +14,13 @@
 
 namespace nhl {
 
-std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Tensor& db_in, int64_t k,
-                                            at::IntArrayRef bits) {
-  check_query_database(q_in, db_in, bits, "topk");
-  TORCH_CHECK(k >= 1 && k <= db_in.size(0), "topk: k must be in [1, N]");
-  const at::Tensor q = q_in.contiguous(), db = db_in.contiguous();
+// Candidate store per query block: RecordLists (one record per row that passes any length;
+// topk_records.h) where it applies, else CandidateLists (one list per length).
+template <class Lists>
+static void topk_run(const at::Tensor& q, const at::Tensor& db, int64_t k, const LengthPlan& plan,
+                     at::Tensor& out_d, at::Tensor& out_i) {
   const int64_t Q = q.size(0), N = db.size(0), W = q.size(1);
-  const LengthPlan plan(bits.data(), static_cast<int>(bits.size()));
   const int L = plan.L;
-  at::Tensor out_d = at::empty({L, Q, k}, q.options().dtype(at::kInt));
-  at::Tensor out_i = at::empty({L, Q, k}, q.options().dtype(at::kLong));
-  if (Q == 0) return {out_d, out_i};
   const TopkScanArgs args{reinterpret_cast<const uint64_t*>(q.data_ptr<int64_t>()),
                           reinterpret_cast<const uint64_t*>(db.data_ptr<int64_t>()), W, &plan};
   int32_t* od = out_d.data_ptr<int32_t>();
@@ -35,7 +33,10 @@ std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Te
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   int64_t parts = 1;
   if (Q < 2 * threads) parts = std::max<int64_t>(1, std::min((2 * threads + Q - 1) / Q, N / 16384));
-  const int64_t list_bytes = static_cast<int64_t>(L) * (std::max<int64_t>(2 * k, k + 16) * 12 + (plan.max_bits() + 1) * 4);
+  const int64_t list_bytes =
+      std::is_same<Lists, RecordLists>::value
+          ? RecordLists::bytes_per_query(k, L, plan.max_bits())
+          : static_cast<int64_t>(L) * (std::max<int64_t>(2 * k, k + 16) * 12 + (plan.max_bits() + 1) * 4);
   const int64_t qb_max = std::clamp<int64_t>((int64_t(4) << 20) / list_bytes, 1, 256);
   int64_t blocks = std::max((Q + qb_max - 1) / qb_max, (threads + parts - 1) / parts);
   blocks = std::min(blocks, Q);
@@ -51,12 +52,12 @@ std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Te
     cand_n.resize(parts * Q * L);
   }
   at::parallel_for(0, blocks * parts, 1, [&](int64_t begin, int64_t end) {
-    CandidateLists lists;
+    Lists lists;
     for (int64_t u = begin; u < end; ++u) {
       const int64_t b = u / parts, p = u % parts;
       const int64_t q0 = b * qb, q1 = std::min(Q, q0 + qb);
       const int64_t n0 = N * p / parts, n1 = N * (p + 1) / parts;
-      lists.reset(q1 - q0, k, plan.bits);
+      lists.reset(q1 - q0, k, plan.bits, 0, n0);
       topk_scan(args, q0, q1, n0, n1, lists);
       for (int64_t i = q0; i < q1; ++i)
         for (int l = 0; l < L; ++l) {
@@ -64,10 +65,8 @@ std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Te
           if (parts == 1) {
             lists.emit_sorted(list, od + (l * Q + i) * k, oi + (l * Q + i) * k);
           } else {
-            const int64_t slot = (p * Q + i) * L + l, n = lists.shrink(list);
-            std::copy_n(lists.dist_of(list), n, cand_d.data() + slot * k);
-            std::copy_n(lists.idx_of(list), n, cand_i.data() + slot * k);
-            cand_n[slot] = n;
+            const int64_t slot = (p * Q + i) * L + l;
+            cand_n[slot] = lists.extract(list, cand_d.data() + slot * k, cand_i.data() + slot * k);
           }
         }
     }
@@ -92,6 +91,24 @@ std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Te
       }
     });
   }
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Tensor& db_in, int64_t k,
+                                            at::IntArrayRef bits) {
+  check_query_database(q_in, db_in, bits, "topk");
+  TORCH_CHECK(k >= 1 && k <= db_in.size(0), "topk: k must be in [1, N]");
+  const at::Tensor q = q_in.contiguous(), db = db_in.contiguous();
+  const int64_t Q = q.size(0), N = db.size(0);
+  const LengthPlan plan(bits.data(), static_cast<int>(bits.size()));
+  const int L = plan.L;
+  at::Tensor out_d = at::empty({L, Q, k}, q.options().dtype(at::kInt));
+  at::Tensor out_i = at::empty({L, Q, k}, q.options().dtype(at::kLong));
+  if (Q == 0) return {out_d, out_i};
+  // Records hold uint8 distances and uint32 row offsets, and L-bit masks.
+  if (L <= 64 && plan.max_bits() <= 255 && N <= int64_t(UINT32_MAX))
+    topk_run<RecordLists>(q, db, k, plan, out_d, out_i);
+  else
+    topk_run<CandidateLists>(q, db, k, plan, out_d, out_i);
   return {out_d, out_i};
 }
 

@@ -1,6 +1,6 @@
 // Torch-free exact multi-length top-k scan (CPU): queries [q0, q1) against database rows
 // [n0, n1), every length at once, leaving each (query, length) list with its best
-// min(k, n1 - n0) candidates in CandidateLists (in index order; emit_sorted orders them).
+// min(k, n1 - n0) candidates in the lists (in index order; emit_sorted orders them).
 //
 // One pass over the database in tiles that stay in L1 while every query of the block passes
 // over them. Per (query, length) a threshold (the k-th best distance so far) filters items;
@@ -16,6 +16,7 @@
 
 #include "kernels/hamming.h"
 #include "kernels/nibble_avx2.h"
+#include "kernels/topk_records.h"
 #include "kernels/topk_select.h"
 
 namespace nhl {
@@ -32,28 +33,9 @@ struct TopkScanArgs {
   double sample_margin = 1.5;  // the sample's threshold should admit ~margin * k codes overall
 };
 
-// Offer database row j to every length of list block `qi` (distances recomputed exactly).
-// Returns the mask of lengths whose threshold dropped. Branch-free test of all lengths first:
-// which lengths accept is data-dependent, so per-length branches would mispredict. L <= 64.
-template <int WU>
-inline uint64_t offer_row(const TopkScanArgs& a, const uint64_t* qrow, int64_t j, int64_t qi, CandidateLists& lists,
-                          int32_t* dist) {
-  distances<WU>(qrow, a.db + j * a.W, *a.plan, dist);
-  const int L = lists.L;
-  const int32_t* th = lists.thresh.data() + qi * L;
-  uint64_t pass = 0, lowered = 0;
-  for (int l = 0; l < L; ++l) pass |= uint64_t(dist[l] < th[l]) << l;
-  while (pass) {
-    const int l = __builtin_ctzll(pass);
-    pass &= pass - 1;
-    lowered |= uint64_t(lists.accept(qi * L + l, dist[l], j)) << l;
-  }
-  return lowered;
-}
-
-template <int WU>
+template <int WU, class Lists>
 inline void topk_scan_scalar(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_t n0, int64_t n1,
-                             CandidateLists& lists) {
+                             Lists& lists) {
   constexpr int64_t kTile = 2048;
   const int L = lists.L;
   std::vector<int32_t> dist(L);
@@ -61,11 +43,9 @@ inline void topk_scan_scalar(const TopkScanArgs& a, int64_t q0, int64_t q1, int6
     const int64_t t1 = std::min(n1, t0 + kTile);
     for (int64_t i = q0; i < q1; ++i) {
       const uint64_t* qrow = a.q + i * a.W;
-      const int32_t* th = lists.thresh.data() + (i - q0) * L;
       for (int64_t j = t0; j < t1; ++j) {
         distances<WU>(qrow, a.db + j * a.W, *a.plan, dist.data());
-        for (int l = 0; l < L; ++l)
-          if (dist[l] < th[l]) lists.push((i - q0) * L + l, dist[l], j);
+        lists.offer(i - q0, dist.data(), j);
       }
     }
   }
@@ -101,18 +81,21 @@ struct NibbleScan {
   }
 
   // Per query: uint8 thresholds broadcast to 32 lanes (refreshed when a list's threshold drops).
-  void refresh(const CandidateLists& lists, int64_t qi, uint64_t which) {
+  template <class Lists>
+  void refresh(const Lists& lists, int64_t qi, uint64_t which) {
     for (; which; which &= which - 1) {
       const int l = __builtin_ctzll(which);
       std::memset(thr + (qi * L + l) * avx2::kLanes, std::min(lists.thresh[qi * L + l], 255), avx2::kLanes);
     }
   }
-  void refresh_all(const CandidateLists& lists) {
+  template <class Lists>
+  void refresh_all(const Lists& lists) {
     for (int64_t qi = 0; qi < nq; ++qi) refresh(lists, qi, L == 64 ? ~uint64_t(0) : (uint64_t(1) << L) - 1);
   }
 
   // Scan the groups first[0..groups) for queries [qa, qb) of the block.
-  void scan_tile(int64_t groups, int64_t qa, int64_t qb, CandidateLists& lists) {
+  template <class Lists>
+  void scan_tile(int64_t groups, int64_t qa, int64_t qb, Lists& lists) {
     using avx2::kLanes;
     for (int64_t g = 0; g < groups; ++g) avx2::transpose_group<WU>(a.db + first[g] * a.W, a.W, size[g], tile + g * U * kLanes);
     for (int64_t qi = qa; qi < qb; ++qi) {
@@ -130,7 +113,8 @@ struct NibbleScan {
           const int lane = __builtin_ctzll(hits);
           hits &= hits - 1;
           const int64_t row = lane < kLanes ? first[g] + lane : first[g1] + lane - kLanes;
-          lowered |= offer_row<WU>(a, qrow, row, qi, lists, dist.data());
+          distances<WU>(qrow, a.db + row * a.W, *a.plan, dist.data());
+          lowered |= lists.offer(qi, dist.data(), row);
         }
         if (lowered) refresh(lists, qi, lowered);
       }
@@ -138,7 +122,8 @@ struct NibbleScan {
   }
 
   // Rows [n0, n1) in order, for queries [qa, qb).
-  void scan_rows(int64_t n0, int64_t n1, int64_t qa, int64_t qb, CandidateLists& lists) {
+  template <class Lists>
+  void scan_rows(int64_t n0, int64_t n1, int64_t qa, int64_t qb, Lists& lists) {
     for (int64_t t0 = n0; t0 < n1;) {
       int64_t groups = 0;
       for (; groups < kGroups && t0 < n1; ++groups, t0 += avx2::kLanes) {
@@ -150,7 +135,8 @@ struct NibbleScan {
   }
 
   // Every `every`-th group of 32 rows of [n0, n1) (whole groups only), all queries.
-  void scan_sample(int64_t n0, int64_t n1, int64_t every, CandidateLists& lists) {
+  template <class Lists>
+  void scan_sample(int64_t n0, int64_t n1, int64_t every, Lists& lists) {
     const int64_t full_groups = (n1 - n0) / avx2::kLanes;
     int64_t groups = 0;
     for (int64_t g = every / 2; g < full_groups; g += every) {
@@ -162,9 +148,9 @@ struct NibbleScan {
   }
 };
 
-template <int WU>
+template <int WU, class Lists>
 inline void topk_scan_avx2(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_t n0, int64_t n1,
-                           CandidateLists& lists, const avx2::UnitPlan& up) {
+                           Lists& lists, const avx2::UnitPlan& up) {
   const int L = lists.L;
   const int64_t nq = q1 - q0, rows = n1 - n0, k = lists.k;
   NibbleScan<WU> scan(a, up, q0, q1, L);
@@ -204,22 +190,24 @@ inline void topk_scan_avx2(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_
 }
 #endif
 
-// Scan queries [q0, q1) x rows [n0, n1) into `lists` (already reset for q1 - q0 queries).
-inline void topk_scan(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_t n0, int64_t n1, CandidateLists& lists,
+// Scan queries [q0, q1) x rows [n0, n1) into `lists` (already reset for q1 - q0 queries):
+// CandidateLists (topk_select.h) or RecordLists (topk_records.h, reset with base = n0).
+template <class Lists>
+inline void topk_scan(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_t n0, int64_t n1, Lists& lists,
                       bool allow_simd = true) {
   const int words = a.plan->words;
 #if defined(__AVX2__)
   avx2::UnitPlan up;
   if (allow_simd && words <= 2 && up.init(a.plan->bits.data(), a.plan->L)) {
-    if (words == 1) return topk_scan_avx2<1>(a, q0, q1, n0, n1, lists, up);
-    return topk_scan_avx2<2>(a, q0, q1, n0, n1, lists, up);
+    if (words == 1) return topk_scan_avx2<1, Lists>(a, q0, q1, n0, n1, lists, up);
+    return topk_scan_avx2<2, Lists>(a, q0, q1, n0, n1, lists, up);
   }
 #else
   (void)allow_simd;
 #endif
-  if (words == 1) return topk_scan_scalar<1>(a, q0, q1, n0, n1, lists);
-  if (words == 2) return topk_scan_scalar<2>(a, q0, q1, n0, n1, lists);
-  return topk_scan_scalar<0>(a, q0, q1, n0, n1, lists);
+  if (words == 1) return topk_scan_scalar<1, Lists>(a, q0, q1, n0, n1, lists);
+  if (words == 2) return topk_scan_scalar<2, Lists>(a, q0, q1, n0, n1, lists);
+  return topk_scan_scalar<0, Lists>(a, q0, q1, n0, n1, lists);
 }
 
 }  // namespace nhl

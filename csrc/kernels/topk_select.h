@@ -68,7 +68,7 @@ struct CandidateLists {
   std::vector<int32_t> thresh, hist;
   std::vector<int64_t> scratch;  // for sort_by_distance
 
-  void reset(int64_t nq_, int64_t k_, const std::vector<int>& bits, int64_t cap_ = 0) {
+  void reset(int64_t nq_, int64_t k_, const std::vector<int>& bits, int64_t cap_ = 0, int64_t /*base: rows are stored whole*/ = 0) {
     nq = nq_;
     k = k_;
     L = static_cast<int>(bits.size());
@@ -144,6 +144,33 @@ struct CandidateLists {
 
   // Cut list `list` to its best min(k, count) items (still in index order); returns how many.
   int64_t shrink(int64_t list) { return count[list] = compact(list); }
+
+  // Offer row j with its distances dist[0..L) to every length of query qi (the interface the
+  // scan shares with RecordLists). Returns the mask of lengths whose threshold dropped (L <= 64).
+  // Branch-free test of all lengths first: which lengths accept is data-dependent.
+  uint64_t offer(int64_t qi, const int32_t* dist, int64_t j) {
+    if (L > 64) {  // scalar path only (its caller ignores the mask)
+      for (int l = 0; l < L; ++l) push(qi * L + l, dist[l], j);
+      return 0;
+    }
+    const int32_t* th = thresh.data() + qi * L;
+    uint64_t pass = 0, lowered = 0;
+    for (int l = 0; l < L; ++l) pass |= uint64_t(dist[l] < th[l]) << l;
+    while (pass) {
+      const int l = __builtin_ctzll(pass);
+      pass &= pass - 1;
+      lowered |= uint64_t(accept(qi * L + l, dist[l], j)) << l;
+    }
+    return lowered;
+  }
+
+  // List `list`'s best min(k, count) items in index order into out_d / out_idx; returns how many.
+  int64_t extract(int64_t list, int32_t* out_d, int64_t* out_idx) {
+    const int64_t n = shrink(list);
+    std::copy_n(dist_of(list), n, out_d);
+    std::copy_n(idx_of(list), n, out_idx);
+    return n;
+  }
 
   // Write list `list`'s best min(k, count) items sorted (distance, then index) to out_d / out_idx.
   void emit_sorted(int64_t list, int32_t* out_d, int64_t* out_idx) {

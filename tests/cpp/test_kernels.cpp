@@ -183,12 +183,14 @@ static void test_topk_scan(std::mt19937_64& rng) {
   // warm: 0 = defaults (no sample on small N), 1 = sampled start thresholds, 2 = a sample
   // margin so small that lists come up short and their queries are rescanned (the fallback).
   for (const auto& c : cases)
+    for (int records = 0; records < 2; ++records)
     for (int cap_mode = 0; cap_mode < 2; ++cap_mode)
       for (int simd = 0; simd < 2; ++simd)
         for (int split = 0; split < 2; ++split)
           for (int warm = 0; warm < 3; ++warm) {
           if (warm && !simd) continue;
           const int bmax = static_cast<int>(c.bits.back()), W = nhl::words_for_bits(bmax);
+          if (records && bmax > 255) continue;  // uint8 record distances
           auto db = random_codes(rng, c.N, W * 64, c.distinct);
           auto qs = random_codes(rng, c.Q, W * 64, 0);
           if (c.distinct) qs[0] = db[c.N / 2];  // exact matches and ties at distance 0
@@ -201,15 +203,34 @@ static void test_topk_scan(std::mt19937_64& rng) {
           std::vector<std::vector<int32_t>> gd(c.Q * L);
           std::vector<std::vector<int64_t>> gi(c.Q * L);
           const int parts = split ? 2 : 1;
+          std::vector<std::vector<int32_t>> sd(c.Q * L);
+          std::vector<std::vector<int64_t>> si(c.Q * L);
+          // records: RecordLists (one record list per query; its tightest cap = L k + 1
+          // compacts constantly) instead of CandidateLists (cap k + 1 for the per-length lists).
+          auto scan_part = [&](auto& lists, int64_t n0, int64_t n1) {
+            nhl::topk_scan(args, 0, c.Q, n0, n1, lists, simd == 1);
+            std::vector<int32_t> ed(c.k);
+            std::vector<int64_t> ei(c.k);
+            for (int i = 0; i < c.Q * L; ++i) {
+              const int64_t m = lists.extract(i, ed.data(), ei.data());
+              gd[i].insert(gd[i].end(), ed.data(), ed.data() + m);
+              gi[i].insert(gi[i].end(), ei.data(), ei.data() + m);
+              if (parts == 1) {  // the lists' own sorted output, checked below
+                sd[i].resize(m), si[i].resize(m);
+                lists.emit_sorted(i, sd[i].data(), si[i].data());
+              }
+            }
+          };
           for (int p = 0; p < parts; ++p) {
             const int64_t n0 = int64_t(c.N) * p / parts, n1 = int64_t(c.N) * (p + 1) / parts;
-            nhl::CandidateLists lists;
-            lists.reset(c.Q, c.k, plan.bits, cap_mode ? c.k + 1 : 0);
-            nhl::topk_scan(args, 0, c.Q, n0, n1, lists, simd == 1);
-            for (int i = 0; i < c.Q * L; ++i) {
-              const int64_t m = lists.shrink(i);
-              gd[i].insert(gd[i].end(), lists.dist_of(i), lists.dist_of(i) + m);
-              gi[i].insert(gi[i].end(), lists.idx_of(i), lists.idx_of(i) + m);
+            if (records) {
+              nhl::RecordLists lists;
+              lists.reset(c.Q, c.k, plan.bits, cap_mode ? int64_t(L) * c.k + 1 : 0, n0);
+              scan_part(lists, n0, n1);
+            } else {
+              nhl::CandidateLists lists;
+              lists.reset(c.Q, c.k, plan.bits, cap_mode ? c.k + 1 : 0);
+              scan_part(lists, n0, n1);
             }
           }
           std::vector<int64_t> hist(bmax + 2);
@@ -228,9 +249,12 @@ static void test_topk_scan(std::mt19937_64& rng) {
               std::iota(order.begin(), order.end(), 0);
               std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return bd[a] < bd[b]; });
               for (int r = 0; r < c.k && r < m; ++r) {
-                CHECK(od[r] == bd[order[r]], "b=%d Q=%d N=%d k=%d simd=%d split=%d warm=%d rank %d dist %d want %d",
-                      (int)c.bits[l], c.Q, c.N, c.k, simd, split, warm, r, od[r], bd[order[r]]);
-                CHECK(oi[r] == order[r], "b=%d N=%d k=%d simd=%d split=%d rank %d idx %lld want %d", (int)c.bits[l],
+                CHECK(od[r] == bd[order[r]], "rec=%d b=%d Q=%d N=%d k=%d simd=%d split=%d warm=%d rank %d dist %d want %d",
+                      records, (int)c.bits[l], c.Q, c.N, c.k, simd, split, warm, r, od[r], bd[order[r]]);
+                if (parts == 1)
+                  CHECK(sd[i * L + l][r] == od[r] && si[i * L + l][r] == oi[r], "emit_sorted rec=%d b=%d rank %d",
+                        records, (int)c.bits[l], r);
+                CHECK(oi[r] == order[r], "rec=%d b=%d N=%d k=%d simd=%d split=%d rank %d idx %lld want %d", records, (int)c.bits[l],
                       c.N, c.k, simd, split, r, (long long)oi[r], order[r]);
               }
             }
