@@ -25,6 +25,7 @@ void distill_terms(T* grams, T* norms, T* sym, double* dist, int64_t K, int64_t 
     for (int64_t i = 0; i < B; ++i) {
       T* row = grams + k * BB + i * B;
       T ss = 0;
+#pragma omp simd reduction(+ : ss)  // lets the reduction vectorise (its order changes, not its precision)
       for (int64_t j = 0; j < B; ++j) ss += row[j] * row[j];
       T r = std::sqrt(ss);
       r = r > eps ? r : eps;
@@ -44,15 +45,16 @@ void distill_terms(T* grams, T* norms, T* sym, double* dist, int64_t K, int64_t 
       const T* t = teacher + i * B;
       T* ai = a + i * B;
       T dot = 0;  // rowsum(E * N_k)
-      double sq = 0;
+      T sq = 0;   // one row in T, the rows summed in double
+#pragma omp simd reduction(+ : sq, dot)
       for (int64_t j = 0; j < B; ++j) {
         const T d = s[j] - t[j];
-        sq += double(d) * double(d);
+        sq += d * d;
         const T e = scale * d;
         ai[j] = e;
         dot += e * s[j];
       }
-      total += sq;
+      total += double(sq);
       const T r = norms[k * B + i];
       const T inv = T(1) / r;
       if (r > eps) {
