@@ -24,6 +24,9 @@ TORCH_LIBRARY(nhl_fast, m) {
   m.def("distance_histogram(Tensor q, Tensor db, Tensor q_labels, Tensor db_labels, int[] bits) -> (Tensor, Tensor)");
   m.def("index_ap(Tensor q, Tensor db, Tensor q_labels, Tensor db_labels, int[] bits, int? topk) -> (Tensor, Tensor)");
   m.def("tie_ap(Tensor tot, Tensor rel, int? topk) -> Tensor");
+
+  // --- objective: cascade distillation value + closed-form gradient, all K-1 pairs (csrc/cpu/cascade_distill_cpu.cpp) ---
+  m.def("cascade_distill(Tensor u, int[] bits) -> (Tensor, Tensor)");
 }
 
 namespace {

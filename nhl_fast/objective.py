@@ -32,6 +32,8 @@ prefix blocks: S_{k+1} = S_k + u[:, b_k:b_{k+1}] u[:, b_k:b_{k+1}]^T (total cost
 b_max-wide Gram). Its gradient is closed-form (cascade_distill_grad: dD/dS from the
 normalisation, then (A + A^T) u_k), used both for the adaptive weights and, through a
 value-neutral surrogate term, for the final backward: no autograd graph, no vmap over it.
+On CPU the value and the packed gradient of all K-1 pairs come from one fused C++ op
+(nhl_fast::cascade_distill, spec reference.cascade_distill); other devices use the torch formula.
 
 faithful=True reproduces the reference step (model_grand_sd.py, RML_E + analysis) with
 its quirks, for comparison:
@@ -48,12 +50,14 @@ The reference also slices the flattened weight gradient with a hard-coded 2048
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nhl_fast._dispatch import not_supported_reasons
 from nhl_fast.layers import NestedCodes, check_bit_list
 from nhl_fast.losses import NestedLoss, PerLengthLoss, get_loss, multi_hot
 from nhl_fast.reference import relax_grad
@@ -122,6 +126,16 @@ def cascade_distill_grad(u: Tensor, normed: Tensor, norms: Tensor, bit_list: Seq
     """
     packed = cascade_distill_grad_packed(u, normed, norms, bit_list)
     return unpack_lengths(packed, bit_list)
+
+
+@torch.compiler.assume_constant_result  # decided once at trace time (fullgraph-safe)
+def _cpp_distill(device: torch.device) -> bool:
+    """Whether the fused C++ op cascade_distill (value + packed gradient) serves tensors on `device`:
+    CPU with the extension built, unless NHL_BACKEND asks for another backend (then the torch formula)."""
+    import nhl_fast.ops  # noqa: F401  (registers the op's fake)
+
+    return (device.type == "cpu" and os.environ.get("NHL_BACKEND", "auto") in ("auto", "cpp")
+            and not not_supported_reasons("cpp", device))
 
 
 def fold_lengths(packed: Tensor, bit_list: Sequence[int]) -> Tensor:
@@ -313,8 +327,12 @@ class NHLObjective(nn.Module):
             # D needs no autograd graph: its gradient is closed-form (cascade_distill_grad) and enters
             # the final loss through a value-neutral surrogate term below.
             u_acc = u.detach().to(acc)
-            dist, normed, norms = cascade_distill_parts(u_acc, self.bit_list)
-            grad_d = cascade_distill_grad_packed(u_acc, normed, norms, self.bit_list) if training else None
+            if _cpp_distill(u_acc.device):  # one fused C++ call (the ~40 small torch ops cost more than the math)
+                dist, grad_d = torch.ops.nhl_fast.cascade_distill(u_acc, list(self.bit_list))
+                grad_d = grad_d if training else None
+            else:
+                dist, normed, norms = cascade_distill_parts(u_acc, self.bit_list)
+                grad_d = cascade_distill_grad_packed(u_acc, normed, norms, self.bit_list) if training else None
         else:
             dist, grad_d = losses.new_zeros(k - 1).detach(), None
         self.last_losses, self.last_distill = losses.detach(), dist

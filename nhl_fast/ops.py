@@ -174,3 +174,14 @@ def index_ap_triton(q: Tensor, db: Tensor, q_labels: Tensor, db_labels: Tensor, 
 
 distance_histogram_triton.register_fake(_distance_histogram_fake)
 index_ap_triton.register_fake(_index_ap_fake)
+
+
+# --- objective: cascade_distill (C++ only: the torch formula in nhl_fast.objective serves other devices) ---
+
+
+def _cascade_distill_fake(u: Tensor, bits: list[int]) -> tuple[Tensor, Tensor]:
+    return u.new_empty((len(bits) - 1,)), u.new_empty((u.shape[0], sum(bits)))
+
+
+if _EXT is not None:
+    torch.library.register_fake("nhl_fast::cascade_distill")(_cascade_distill_fake)

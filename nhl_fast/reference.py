@@ -242,3 +242,30 @@ def tie_ap(tot: torch.Tensor, rel: torch.Tensor, topk: int | None = None) -> tor
             p = torch.where(ok, torch.exp(log_p), 0.0)
             out[rows] = (p * value(x, rows)).sum(-1)
     return out.view(dstar.shape[:-1])
+
+
+# --- objective: cascade distillation (op cascade_distill) ---
+
+
+def cascade_distill(u: torch.Tensor, bits: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """((K-1,) D_k, (B, sum b_k) packed dD_k/du): the long-short cascade distillation of every pair
+    (student k, detached teacher k+1) and its closed-form gradient, length k's segment holding
+    dD_k/du[:, :b_k] (the longest length's segment is 0).
+
+    S_k = u[:, :b_k] u[:, :b_k]^T, N_k = S_k / r_k row-wise (r_k = max(row norm, 1e-12), F.normalize),
+    D_k = ||N_k - N_{k+1}||_F^2 / B^2; with E = 2 (N_k - N_{k+1}) / B^2,
+    A = (E - N_k rowsum(E * N_k)) / r_k (E / r_k where r_k was clamped), dD_k/du[:, :b_k] = (A + A^T) u[:, :b_k].
+    """
+    eps = 1e-12
+    batch = u.shape[0]
+    grams = torch.stack([u[:, :b] @ u[:, :b].T for b in bits])
+    norms = torch.linalg.vector_norm(grams, dim=2, keepdim=True).clamp_min(eps)
+    normed = grams / norms
+    student, teacher, r = normed[:-1], normed[1:], norms[:-1]
+    diff = student - teacher
+    dist = (diff * diff).sum((1, 2)) / (batch * batch)
+    e = 2 * diff / (batch * batch)
+    a = torch.where(r > eps, e - student * (e * student).sum(2, keepdim=True), e) / r
+    sym = a + a.transpose(1, 2)
+    parts = [sym[k] @ u[:, :b] for k, b in enumerate(bits[:-1])]
+    return dist, torch.cat(parts + [u.new_zeros(batch, bits[-1])], dim=1)

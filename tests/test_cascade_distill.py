@@ -1,0 +1,89 @@
+"""The fused C++ op nhl_fast::cascade_distill (distillation value + closed-form packed gradient)
+against the torch formula (reference.cascade_distill) and against autograd of the differentiable
+objective.cascade_distill; opcheck; and the objective's use of it."""
+import pytest
+import torch
+
+import nhl_fast as nf
+import nhl_fast.ops  # noqa: F401
+from nhl_fast import reference
+from nhl_fast._dispatch import not_supported_reasons
+from nhl_fast.objective import _cpp_distill, cascade_distill
+
+pytestmark = pytest.mark.skipif(bool(not_supported_reasons("cpp", torch.device("cpu"))),
+                                reason="the C++ extension is not built")
+
+CASES = [(1, (3, 7)), (5, (8, 16, 32, 64, 128)), (33, (5, 13, 70)), (64, (8, 16, 32, 64, 128))]
+
+
+def _codes(batch, width, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, width, generator=gen, dtype=torch.float64).tanh()
+    if batch > 2:
+        u[1] = 0  # a zero row: its Gram row norm is clamped (the E / r branch)
+        u[2, :3] = 0  # zero in the shortest prefixes only
+    return u.to(dtype)
+
+
+@pytest.mark.parametrize("batch,bits", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_torch_formula(batch, bits, dtype):
+    u = _codes(batch, bits[-1], dtype, batch)
+    dist, grad = torch.ops.nhl_fast.cascade_distill(u, list(bits))
+    ref_dist, ref_grad = reference.cascade_distill(u, bits)
+    assert dist.dtype == dtype and grad.shape == (batch, sum(bits))
+    tol = dict(rtol=1e-4, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dist, ref_dist, **tol)
+    torch.testing.assert_close(grad, ref_grad, **tol)
+
+
+@pytest.mark.parametrize("batch,bits", CASES)
+def test_gradient_matches_autograd(batch, bits):
+    u = _codes(batch, bits[-1], torch.float64, 100 + batch)
+    dist, grad = torch.ops.nhl_fast.cascade_distill(u, list(bits))
+    leaf = u.clone().requires_grad_()
+    auto = cascade_distill(leaf, bits)  # teacher detached, differentiable student
+    torch.testing.assert_close(dist, auto.detach(), rtol=1e-10, atol=1e-12)
+    lo = 0
+    for k, b in enumerate(bits):
+        seg = grad[:, lo:lo + b]
+        if k == len(bits) - 1:
+            assert torch.count_nonzero(seg) == 0  # the longest code has no teacher
+        else:
+            (g,) = torch.autograd.grad(auto[k], leaf, retain_graph=True)
+            torch.testing.assert_close(seg, g[:, :b], rtol=1e-9, atol=1e-12)
+            assert torch.count_nonzero(g[:, b:]) == 0  # D_k depends on nothing past b_k
+        lo += b
+
+
+def test_opcheck():
+    u = _codes(9, 20, torch.float32, 3)
+    torch.library.opcheck(torch.ops.nhl_fast.cascade_distill.default, (u, [4, 11, 20]))
+
+
+def test_empty_batch_and_bad_input():
+    dist, grad = torch.ops.nhl_fast.cascade_distill(torch.zeros(0, 16), [8, 16])
+    assert dist.shape == (1,) and grad.shape == (0, 24) and dist.item() == 0
+    with pytest.raises(RuntimeError, match="bits"):
+        torch.ops.nhl_fast.cascade_distill(torch.zeros(4, 16), [8, 12])  # bits[-1] != width
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.nhl_fast.cascade_distill(torch.zeros(4, 16, dtype=torch.int64), [8, 16])
+
+
+def test_objective_uses_it_and_agrees_with_torch_path(monkeypatch):
+    assert _cpp_distill(torch.device("cpu"))
+    bits = (8, 16, 32)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 40, generator=gen)
+    labels = torch.randint(0, 4, (12,), generator=gen)
+    results = []
+    for use_cpp in (True, False):
+        monkeypatch.setattr("nhl_fast.objective._cpp_distill", lambda device, _c=use_cpp: _c)
+        torch.manual_seed(1)
+        layer = nf.NestedHashLayer(40, bits, init="normal")
+        obj = nf.NHLObjective("csq", bits, adaptive=True, distill=0.1, num_classes=4)
+        loss = obj(layer(x), labels)
+        loss.backward()
+        results.append((loss.detach(), obj.last_distill, obj.last_weights, layer.weight.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
