@@ -29,17 +29,11 @@
 
 namespace nhl {
 
-struct RecordLists {
-  int64_t k = 0, cap = 0;
-  int L = 0;
-  int64_t nq = 0, hist_stride = 0, base = 0;  // base: the scan's first row (records hold row - base)
-  std::vector<int> max_d;                      // per length: bits[l]
-  std::vector<int32_t> thresh;                 // per (query, length)
-  std::vector<int64_t> below, hist;            // below[list]: accepted items with d < thresh[list]
-  std::vector<int64_t> nrec;                   // per query: records held
-  std::vector<uint32_t> rows;                  // (nq, cap) row offsets
-  std::vector<uint8_t> dists;                  // (nq, L, cap) distances: per length contiguous (SIMD emit)
-  std::vector<int64_t> scratch;                // emit: per-distance output slots
+struct RecordLists : LengthThresholds<int64_t> {
+  int64_t cap = 0, base = 0;    // base: the scan's first row (records hold row - base)
+  std::vector<int64_t> nrec;    // per query: records held
+  std::vector<uint32_t> rows;   // (nq, cap) row offsets
+  std::vector<uint8_t> dists;   // (nq, L, cap) distances: per length contiguous (SIMD emit)
 
   // Bytes one query needs (for sizing query blocks).
   static int64_t bytes_per_query(int64_t k, int L, int bmax) {
@@ -49,35 +43,18 @@ struct RecordLists {
   static int64_t default_cap(int64_t k, int L) { return std::max<int64_t>(2 * L * k, L * k + 64); }
 
   void reset(int64_t nq_, int64_t k_, const std::vector<int>& bits, int64_t cap_ = 0, int64_t base_ = 0) {
-    nq = nq_;
-    k = k_;
+    reset_thresholds(nq_, k_, bits);
     base = base_;
-    L = static_cast<int>(bits.size());
-    max_d = bits;
     cap = cap_ > L * k ? cap_ : default_cap(k, L);
-    const int bmax = *std::max_element(bits.begin(), bits.end());
-    hist_stride = bmax + 1;
-    const size_t lists = static_cast<size_t>(nq * L);
     if (rows.size() < static_cast<size_t>(nq * cap)) rows.resize(nq * cap);
     if (dists.size() < static_cast<size_t>(nq * cap * L)) dists.resize(nq * cap * L);
     nrec.assign(nq, 0);
-    below.assign(lists, 0);
-    hist.assign(lists * hist_stride, 0);
-    thresh.resize(lists);
-    for (int64_t i = 0; i < nq; ++i)
-      for (int l = 0; l < L; ++l) thresh[i * L + l] = bits[l] + 1;
-    scratch.resize(static_cast<size_t>(bmax) + 2);
   }
 
   // Empty query qi (all lengths), thresholds back to "anything enters".
   void reset_query(int64_t qi) {
     nrec[qi] = 0;
-    for (int l = 0; l < L; ++l) {
-      const int64_t list = qi * L + l;
-      below[list] = 0;
-      thresh[list] = max_d[l] + 1;
-      std::fill(hist.begin() + list * hist_stride, hist.begin() + (list + 1) * hist_stride, 0);
-    }
+    reset_query_thresholds(qi);
   }
 
   // Offer row j (above every row offered before for this query) with its distances dist[0..L)

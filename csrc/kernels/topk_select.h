@@ -50,38 +50,27 @@ inline void sort_by_distance(const int32_t* d, const int64_t* idx, int64_t n, in
   }
 }
 
-// Bounded candidate lists for a block of queries x L lengths, with an exact running threshold.
-// Each list keeps a histogram of the distances it accepted and t = the smallest distance with
-// at least k accepted items at or below it: exactly the k-th best distance seen so far. A new
-// (higher-index) item enters only when d < t (at d == t it loses the tie to k earlier items),
-// so after the first k items only items that belong to the running top-k are ever stored.
-// Items pushed out stay in the buffer until it reaches `cap`, when one stable pass keeps the k
-// best (all d < t, then the first k - below at d == t). Memory per list: cap pairs + b + 1
-// counts, cap = 2k by default, so compaction costs O(1) per accepted item.
-struct CandidateLists {
-  int64_t k = 0, cap = 0;
+// Per (query, length) running thresholds and distance histograms: the state both candidate
+// stores (CandidateLists here, RecordLists in topk_records.h) keep for the exact top-k.
+template <typename Count>
+struct LengthThresholds {
+  int64_t k = 0;
   int L = 0;
   int64_t nq = 0, hist_stride = 0;
-  std::vector<int> max_d;  // per length: bits[l]
-  std::vector<int32_t> dist;
-  std::vector<int64_t> idx, count, below;  // below[list] = accepted items with d < thresh[list]
-  std::vector<int32_t> thresh, hist;
-  std::vector<int64_t> scratch;  // for sort_by_distance
+  std::vector<int> max_d;        // per length: bits[l]
+  std::vector<int32_t> thresh;   // per (query, length): the running k-th best distance (+1 before k items)
+  std::vector<int64_t> below;    // below[list] = accepted items with d < thresh[list]
+  std::vector<Count> hist;       // per (query, length): counts of accepted distances
+  std::vector<int64_t> scratch;  // per-distance output slots for the final counting sort
 
-  void reset(int64_t nq_, int64_t k_, const std::vector<int>& bits, int64_t cap_ = 0, int64_t /*base: rows are stored whole*/ = 0) {
+  void reset_thresholds(int64_t nq_, int64_t k_, const std::vector<int>& bits) {
     nq = nq_;
     k = k_;
     L = static_cast<int>(bits.size());
     max_d = bits;
-    cap = cap_ > k ? cap_ : std::max<int64_t>(2 * k, k + 16);
     const int bmax = *std::max_element(bits.begin(), bits.end());
     hist_stride = bmax + 1;
     const size_t lists = static_cast<size_t>(nq * L);
-    if (dist.size() < lists * cap) {
-      dist.resize(lists * cap);
-      idx.resize(lists * cap);
-    }
-    count.assign(lists, 0);
     below.assign(lists, 0);
     hist.assign(lists * hist_stride, 0);
     thresh.resize(lists);
@@ -90,14 +79,45 @@ struct CandidateLists {
     scratch.resize(static_cast<size_t>(bmax) + 2);
   }
 
-  // Empty the lists of query qi (all lengths), thresholds back to "anything enters".
-  void reset_query(int64_t qi) {
+  // Thresholds of query qi back to "anything enters".
+  void reset_query_thresholds(int64_t qi) {
     for (int l = 0; l < L; ++l) {
       const int64_t list = qi * L + l;
-      count[list] = below[list] = 0;
+      below[list] = 0;
       thresh[list] = max_d[l] + 1;
       std::fill(hist.begin() + list * hist_stride, hist.begin() + (list + 1) * hist_stride, 0);
     }
+  }
+};
+
+// Bounded candidate lists for a block of queries x L lengths, with an exact running threshold.
+// Each list keeps a histogram of the distances it accepted and t = the smallest distance with
+// at least k accepted items at or below it: exactly the k-th best distance seen so far. A new
+// (higher-index) item enters only when d < t (at d == t it loses the tie to k earlier items),
+// so after the first k items only items that belong to the running top-k are ever stored.
+// Items pushed out stay in the buffer until it reaches `cap`, when one stable pass keeps the k
+// best (all d < t, then the first k - below at d == t). Memory per list: cap pairs + b + 1
+// counts, cap = 2k by default, so compaction costs O(1) per accepted item.
+struct CandidateLists : LengthThresholds<int32_t> {
+  int64_t cap = 0;
+  std::vector<int32_t> dist;
+  std::vector<int64_t> idx, count;
+
+  void reset(int64_t nq_, int64_t k_, const std::vector<int>& bits, int64_t cap_ = 0, int64_t /*base: rows are stored whole*/ = 0) {
+    reset_thresholds(nq_, k_, bits);
+    cap = cap_ > k ? cap_ : std::max<int64_t>(2 * k, k + 16);
+    const size_t lists = static_cast<size_t>(nq * L);
+    if (dist.size() < lists * cap) {
+      dist.resize(lists * cap);
+      idx.resize(lists * cap);
+    }
+    count.assign(lists, 0);
+  }
+
+  // Empty the lists of query qi (all lengths), thresholds back to "anything enters".
+  void reset_query(int64_t qi) {
+    reset_query_thresholds(qi);
+    for (int l = 0; l < L; ++l) count[qi * L + l] = 0;
   }
 
   int32_t* dist_of(int64_t list) { return dist.data() + list * cap; }
