@@ -24,6 +24,14 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def _finish(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def map_vs_bits(path: str, series: Mapping[str, tuple], title: str = "mAP per code length") -> str:
     """series: label -> (bits, mean mAP[, std]); one line per label, error bars when std is given."""
     plt = _pyplot()
@@ -35,11 +43,7 @@ def map_vs_bits(path: str, series: Mapping[str, tuple], title: str = "mAP per co
     all_bits = sorted({b for s in series.values() for b in s[0]})
     ax.set_xscale("log", base=2)
     ax.set_xticks(all_bits, [str(b) for b in all_bits])
-    ax.set_xlabel("code length (bits)")
-    ax.set_ylabel("mAP")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, "code length (bits)", "mAP", title)
     return _save(fig, path)
 
 
@@ -49,13 +53,9 @@ def pr_curves(path: str, curves: Mapping[int, tuple]) -> str:
     fig, ax = plt.subplots(figsize=(5, 4))
     for bits, (precision, recall) in curves.items():
         ax.plot(list(recall), list(precision), marker=".", label=f"{bits} bits")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
-    ax.set_title("precision-recall over Hamming radius")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, "recall", "precision", "precision-recall over Hamming radius")
     return _save(fig, path)
 
 
@@ -66,11 +66,7 @@ def loss_curve(path: str, epochs: Sequence[int], losses: Sequence[float],
     ax.plot(list(epochs), list(losses), lw=2, color="k", label="total (weighted)")
     for bits, vals in (per_length or {}).items():
         ax.plot(list(epochs), list(vals), lw=1, label=f"{bits} bits")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
-    ax.set_title("training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, "epoch", "training loss", "training loss")
     return _save(fig, path)
 
 
@@ -80,11 +76,7 @@ def weight_curves(path: str, epochs: Sequence[int], weights: Mapping[int, Sequen
     fig, ax = plt.subplots(figsize=(6, 4))
     for bits, vals in weights.items():
         ax.plot(list(epochs), list(vals), marker=".", label=f"{bits} bits")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("weight (mean over the epoch)")
-    ax.set_title("dominance-aware adaptive weights")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, "epoch", "weight (mean over the epoch)", "dominance-aware adaptive weights")
     return _save(fig, path)
 
 

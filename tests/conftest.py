@@ -29,5 +29,14 @@ def backend_params():
     return params
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny ops: one thread avoids OpenMP spin-waiting on a busy shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_report_header(config):
     return [f"nhl_fast build: {nhl_fast.build_info()}", f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}"]

@@ -29,13 +29,7 @@ def labels_multi(B, gen):
 LABELS = {"single": labels_single, "multi": labels_multi}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny ops: one thread avoids OpenMP spin-waiting on a busy shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def naive_bce(p, t):

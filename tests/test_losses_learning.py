@@ -43,13 +43,7 @@ def maps(layer, xt, yt, xq, yq):
     return [hamming_map(zq[:, :b], zt[:, :b], yq, yt) for b in BITS]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny ops: one thread avoids OpenMP spin-waiting on a busy shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", L.available())
