@@ -103,8 +103,11 @@ def test_index_ap_equals_classic_stable_loop(multi, topk):
 
 def _ap_path_case(case, gen):
     """(q signs, db signs, q labels, db labels, bits) of one edge case of index_ap's two C++ paths."""
-    if case in ("single", "multi"):
+    if case in ("single", "multi"):  # multi: 70 classes, 2 mask words
         return (*problem(9, 257, gen, multi=case == "multi"), BITS)
+    if case == "multi_one_word":  # 40 classes: 1 mask word
+        qs, dbs, ql, dl = problem(9, 257, gen, multi=True)
+        return qs, dbs, ql[:, :40], dl[:, :40], BITS
     if case == "ties8":  # 8-bit and shorter codes: a few distances for 300 items
         return (*problem(7, 300, gen, classes=3), (2, 5, 8))
     if case == "few_codes":  # 3 distinct database codes: huge tie groups at every length
@@ -127,7 +130,7 @@ def _ap_path_case(case, gen):
 
 
 @pytest.mark.parametrize("path", ["topk", "histogram"])
-@pytest.mark.parametrize("case", ["single", "multi", "ties8", "few_codes", "no_relevant", "one_query", "warm_start",
+@pytest.mark.parametrize("case", ["single", "multi", "multi_one_word", "ties8", "few_codes", "no_relevant", "one_query", "warm_start",
                                   "three_words", "long"])
 def test_index_ap_paths_equal_classic_stable_loop(path, case, monkeypatch):
     """Both C++ index_ap paths (NHL_INDEX_AP_PATH forces one; by default k/N chooses) against the
