@@ -10,7 +10,9 @@ Nothing Q x N is ever built and the database is never sorted. Two kernels do the
   DeepHash ``CalcTopMap`` loop with a *stable* sort. Within a distance bin the rank of an item
   depends on how relevant and irrelevant items interleave in index order, which no histogram
   holds; so after the histogram pass a second pass in index order gives every relevant item its
-  exact rank ``N_<d + p`` and relevant-rank ``R_<d + j``. Exact, not an approximation.
+  exact rank ``N_<d + p`` and relevant-rank ``R_<d + j``. Exact, not an approximation. For AP@k
+  with ``k <= N / 64`` the C++ op instead runs the exact top-k scan (each length's best k by
+  (distance, index) are all AP@k depends on) and scores those k items' labels.
 
 Working set of the C++ kernel, per thread: a block of <= 8 queries times ``sum_l (bits[l] + 1)``
 64-bit bins (2 KiB per query for 8..128 bits; the block shrinks to keep this <= 16 KiB), a

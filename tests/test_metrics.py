@@ -101,6 +101,63 @@ def test_index_ap_equals_classic_stable_loop(multi, topk):
     torch.testing.assert_close(mean, got.mean(1))
 
 
+def _ap_path_case(case, gen):
+    """(q signs, db signs, q labels, db labels, bits) of one edge case of index_ap's two C++ paths."""
+    if case in ("single", "multi"):  # multi: 70 classes, 2 mask words
+        return (*problem(9, 257, gen, multi=case == "multi"), BITS)
+    if case == "multi_one_word":  # 40 classes: 1 mask word
+        qs, dbs, ql, dl = problem(9, 257, gen, multi=True)
+        return qs, dbs, ql[:, :40], dl[:, :40], BITS
+    if case == "ties8":  # 8-bit and shorter codes: a few distances for 300 items
+        return (*problem(7, 300, gen, classes=3), (2, 5, 8))
+    if case == "few_codes":  # 3 distinct database codes: huge tie groups at every length
+        qs, dbs, ql, dl = problem(5, 300, gen, classes=3)
+        return qs, dbs[torch.randint(0, 3, (300,), generator=gen)], ql, dl, BITS
+    if case == "no_relevant":  # query 0's class is absent from the database
+        qs, dbs, ql, dl = problem(6, 200, gen)
+        ql[0] = 99
+        return qs, dbs, ql, dl, BITS
+    if case == "one_query":  # Q < 2 * threads: the top-k engine splits the database and merges
+        return (*problem(1, 40000, gen), BITS)
+    if case == "warm_start":  # N >= 32768 rows: the top-k engine's sampled starting thresholds
+        return (*problem(8, 40000, gen), (8, 16, 32, 64, 128))
+    centres = torch.where(torch.rand(4, 320, generator=gen) < 0.5, -1.0, 1.0)
+    qs, qy = signs_and_codes(5, 320, gen, centres)
+    dbs, dy = signs_and_codes(150, 320, gen, centres)
+    if case == "three_words":  # scalar scan, records
+        return qs, dbs, qy, dy, (5, 13, 77, 130, 191)
+    return qs, dbs, qy, dy, (7, 100, 300)  # "long": > 255 bits, per-length candidate lists
+
+
+@pytest.mark.parametrize("path", ["topk", "histogram"])
+@pytest.mark.parametrize("case", ["single", "multi", "multi_one_word", "ties8", "few_codes", "no_relevant", "one_query", "warm_start",
+                                  "three_words", "long"])
+def test_index_ap_paths_equal_classic_stable_loop(path, case, monkeypatch):
+    """Both C++ index_ap paths (NHL_INDEX_AP_PATH forces one; by default k/N chooses) against the
+    stable-sort loop: AP@k and the hits of precision@k, topk 1, 10, N-1, N."""
+    from conftest import cpu_backends
+
+    if "cpp" not in cpu_backends():
+        pytest.skip("the C++ extension is not built")
+    monkeypatch.setenv("NHL_INDEX_AP_PATH", path)
+    gen = torch.Generator().manual_seed(21)
+    qs, dbs, ql, dl, bits = _ap_path_case(case, gen)
+    q, db = nf.pack(qs), nf.pack(dbs)
+    lab_q, lab_db = (ql, dl) if ql.dim() == 1 else (_pack_rows(ql != 0), _pack_rows(dl != 0))
+    Q, N = q.shape[0], db.shape[0]
+    rel = relevance_np(ql, dl).astype(np.float64)
+    dist = {b: distances(qs, dbs, b) for b in bits}
+    for k in (1, 10, N - 1, N):
+        ap, hits = torch.ops.nhl_fast.index_ap(q, db, lab_q, lab_db, list(bits), k)
+        for li, b in enumerate(bits):
+            order = [np.argsort(dist[b][i], kind="stable") for i in range(Q)]
+            want = [classic_ap(dist[b][i], rel[i], k) for i in range(Q)]
+            np.testing.assert_allclose(ap[li].numpy(), want, rtol=0, atol=1e-12, err_msg=f"bits {b} k {k}")
+            assert hits[li].tolist() == [int(rel[i][order[i][:k]].sum()) for i in range(Q)], f"bits {b} k {k}"
+    if case == "no_relevant":
+        assert (ap[:, 0] == 0).all() and (hits[:, 0] == 0).all()
+
+
 def test_noncontiguous_inputs():
     gen = torch.Generator().manual_seed(3)
     qs, dbs, ql, dl = problem(6, 120, gen)
