@@ -37,11 +37,10 @@ class CSQ(CenteredLoss):
 
     @torch.no_grad()
     def length_grads(self, u, labels, indices=None):
-        """(L (K,), dx (B, ncols), scale (K, ncols)): the losses and their gradients in closed form, no graph.
+        """(L (K,), G (B, sum b_k)): the losses and, side by side, every dL_k/du[:, :b_k] in closed form, no graph.
 
-        dL_k/du = to_codes(scale[k] * dx), and any combination sum_k w_k dL_k/du = to_codes((w @ scale) * dx)
-        costs one product. Used by NHLObjective (adaptive weights and final backward) instead of a
-        batched (vmapped) backward through this loss. With e(x) = BCE(2x, (t+1)/2) + lambda_ (|tanh x| - 1)^2:
+        Used by NHLObjective (adaptive weights and final backward) instead of a batched (vmapped) backward
+        through this loss. With e(x) = BCE(2x, (t+1)/2) + lambda_ (|tanh x| - 1)^2:
         de/dx = 2 (sigmoid(2x) - (t+1)/2) + 2 lambda_ (|tanh x| - 1) sign(x) (1 - tanh^2 x) (sign(0) = 0, as
         autograd's abs), and L_k averages e over the batch and length k's columns.
         """
@@ -52,5 +51,4 @@ class CSQ(CenteredLoss):
         dev = th.abs() - 1
         e = F.binary_cross_entropy_with_logits(2 * x, t, reduction="none") + self.lambda_ * dev * dev
         dx = 2 * (torch.sigmoid(2 * x) - t) + (2 * self.lambda_) * dev * th.sign() * (1 - th * th)
-        scale = self.avg.to(e.dtype) / (e.shape[0] * self.bits_like(e))[:, None]  # (K, ncols)
-        return scale @ e.sum(0), dx, scale
+        return self.per_length_mean(e), self.to_packed(dx)
