@@ -120,3 +120,21 @@ def op(name: str, backend: str) -> Callable:
     if not torch.compiler.is_compiling():  # importlib is not traceable; nhl_fast.ops loaded it already
         extension()
     return getattr(torch.ops.nhl_fast, name)
+
+
+@torch.compiler.assume_constant_result  # decided once at trace time (fullgraph-safe)
+def _cpp_serves(device: torch.device) -> bool:
+    import nhl_fast.ops  # noqa: F401  (registers the fakes)
+
+    return (device.type == "cpu" and os.environ.get("NHL_BACKEND", "auto") in ("auto", "cpp")
+            and not not_supported_reasons("cpp", device))
+
+
+def cpp_or_reference(name: str, device: torch.device) -> Callable:
+    """Op `name` with a C++ CPU kernel only (the objective's ops): the kernel on CPU tensors when the
+    extension is built and NHL_BACKEND allows it, else its torch spec reference.<name> (any device)."""
+    if _cpp_serves(device):
+        return getattr(torch.ops.nhl_fast, name)
+    from nhl_fast import reference
+
+    return getattr(reference, name)

@@ -49,37 +49,23 @@ The reference also slices the flattened weight gradient with a hard-coded 2048
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nhl_fast import reference
-from nhl_fast._dispatch import not_supported_reasons
+from nhl_fast._dispatch import cpp_or_reference
 from nhl_fast.layers import NestedCodes, check_bit_list
 from nhl_fast.losses import NestedLoss, PerLengthLoss, get_loss, multi_hot
-
-
-@torch.compiler.assume_constant_result  # decided once at trace time (fullgraph-safe)
-def _cpp_objective(device: torch.device) -> bool:
-    """Whether the C++ op nhl_objective serves tensors on `device`: CPU with the extension built,
-    unless NHL_BACKEND asks for another backend (then the torch spec, reference.nhl_objective)."""
-    import nhl_fast.ops  # noqa: F401  (registers the op's fake)
-
-    return (device.type == "cpu" and os.environ.get("NHL_BACKEND", "auto") in ("auto", "cpp")
-            and not not_supported_reasons("cpp", device))
 
 
 def objective_terms(u: Tensor, grads: Optional[Tensor], losses: Tensor, x: Optional[Tensor],
                     relax_deriv: Optional[Tensor], bit_list: Sequence[int], beta: float, distill: float,
                     faithful: bool, closed_form: bool):
-    """reference.nhl_objective's outputs, by the C++ op on CPU and the torch spec elsewhere."""
-    args = (u, grads, losses, x, relax_deriv, list(bit_list), beta, distill, faithful, closed_form)
-    if _cpp_objective(u.device):
-        return torch.ops.nhl_fast.nhl_objective(*args)
-    return reference.nhl_objective(*args)
+    """reference.nhl_objective's outputs: the C++ op on CPU, the torch spec elsewhere."""
+    return cpp_or_reference("nhl_objective", u.device)(u, grads, losses, x, relax_deriv, list(bit_list), beta,
+                                                        distill, faithful, closed_form)
 
 
 class _ClosedFormGrad(torch.autograd.Function):

@@ -336,3 +336,28 @@ def nhl_objective(u: torch.Tensor, grads, losses: torch.Tensor, x, relax_deriv, 
         packed = packed + coef * distill * grad_d
     grad_u = u.new_zeros(batch, b_max).index_add_(1, col, packed)
     return total, grad_u, weights, conflicts, dots, dist
+
+
+# --- losses: CSQ in closed form (op csq_grads) ---
+
+
+def csq_grads(u: torch.Tensor, targets: torch.Tensor, bits: Sequence[int], lambda_: float):
+    """((K,) L_k, (B, sum b_k) packed dL_k/du[:, :b_k]) of CSQ, no graph.
+
+    targets: +-1, (B, sum b_k) a centre per length side by side, or (B, b_max) nested centres (length k reads
+    the prefix). e = BCE-with-logits(2x, (t+1)/2) + lambda_ (|tanh x| - 1)^2 averaged over the batch and the
+    b_k bits; de/dx = 2 (sigmoid(2x) - (t+1)/2) + 2 lambda_ (|tanh x| - 1) sign(x) (1 - tanh^2 x).
+    """
+    shared = targets.shape[1] != sum(bits)
+    losses, parts, lo = [], [], 0
+    for b in bits:
+        x = u[:, :b]
+        t = ((targets[:, :b] if shared else targets[:, lo:lo + b]) + 1) / 2
+        th = x.tanh()
+        dev = th.abs() - 1
+        e = torch.nn.functional.binary_cross_entropy_with_logits(2 * x, t, reduction="none") + lambda_ * dev * dev
+        dx = 2 * (torch.sigmoid(2 * x) - t) + 2 * lambda_ * dev * th.sign() * (1 - th * th)
+        losses.append(e.mean())
+        parts.append(dx / e.numel())
+        lo += b
+    return torch.stack(losses), torch.cat(parts, 1)

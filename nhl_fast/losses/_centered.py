@@ -64,9 +64,6 @@ class CenteredLoss(HashLoss):
         self.register_buffer("centers_table", table)
         self.register_buffer("cols", cols, persistent=False)
         self.register_buffer("avg", avg, persistent=False)
-        # packed layout [u[:, :b_1], ..., u[:, :b_K]]: each packed column's layout column and its length b_k
-        self.register_buffer("pack_cols", torch.cat([torch.arange(b) for b in bits]), persistent=False)
-        self.register_buffer("pack_bits", torch.cat([torch.full((b,), float(b)) for b in bits]), persistent=False)
         # multi-label: a bit whose label-summed centre is 0 takes a fixed random sign (the references' tie rule)
         tie = torch.where(torch.rand(table.shape[1], generator=gen) < 0.5, -1.0, 1.0)
         self.register_buffer("tie", tie)
@@ -91,14 +88,6 @@ class CenteredLoss(HashLoss):
     def layout(self, u: Tensor) -> Tensor:
         """u arranged in the centre column layout (a view in nested mode)."""
         return u if self.nested else u.index_select(1, self.cols)
-
-    def to_packed(self, g: Tensor) -> Tensor:
-        """(B, sum b_k) dL_k/du[:, :b_k] side by side, from (B, ncols) g = d(elementwise loss)/d layout(u).
-
-        L_k averages over the batch and length k's columns; per_length centres are that layout already."""
-        if self.nested:
-            g = g.index_select(1, self.pack_cols)
-        return g / (self.pack_bits.to(g.dtype) * g.shape[0])
 
     def targets(self, y: Tensor) -> Tensor:
         """(B, ncols) +-1 target of every sample: sign of its label-summed centres (= its centre when single-label)."""
