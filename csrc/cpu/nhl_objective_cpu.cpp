@@ -29,17 +29,33 @@ std::optional<c10::OperatorHandle> onednn_linear() {
   return op;
 }
 
-// (B, B) x x^T
-at::Tensor input_gram(const at::Tensor& x) {
+// a b^T. Float32 products of 2M+ multiply-adds go to oneDNN (below that its per-call setup costs more than
+// it saves); the rest to at::mm (MKL or whatever BLAS torch has).
+at::Tensor gemm_nt(const at::Tensor& a, const at::Tensor& b) {
   static const std::optional<c10::OperatorHandle> linear = onednn_linear();
-  if (linear && x.scalar_type() == at::kFloat && x.size(0) > 0 && x.size(1) > 0 &&
-      at::globalContext().userEnabledMkldnn()) {
-    torch::jit::Stack stack{x, x, c10::IValue(), std::string("none"), c10::List<std::optional<at::Scalar>>(),
+  const double work = double(a.size(0)) * double(b.size(0)) * double(a.size(1));
+  if (linear && a.scalar_type() == at::kFloat && work >= double(1 << 21) && at::globalContext().userEnabledMkldnn()) {
+    torch::jit::Stack stack{a, b, c10::IValue(), std::string("none"), c10::List<std::optional<at::Scalar>>(),
                             c10::IValue()};
     linear->callBoxed(&stack);
     return stack[0].toTensor();
   }
-  return at::mm(x, x.t());
+  return at::mm(a, b.t());
+}
+
+// (B, B) x x^T. From 96 rows on, only the upper half of the blocks is multiplied (x_1 [x_1; x_2]^T and
+// x_2 x_2^T: 3/4 of the work) and the lower-left block mirrored.
+at::Tensor input_gram(const at::Tensor& x) {
+  const int64_t B = x.size(0);
+  if (B < 96) return gemm_nt(x, x);
+  const int64_t h = B / 2;
+  const at::Tensor top = gemm_nt(x.narrow(0, 0, h), x);                                 // (h, B)
+  const at::Tensor bottom = gemm_nt(x.narrow(0, h, B - h), x.narrow(0, h, B - h));     // (B-h, B-h)
+  at::Tensor gram = at::empty({B, B}, x.options());
+  gram.narrow(0, 0, h).copy_(top);
+  gram.narrow(0, h, B - h).narrow(1, h, B - h).copy_(bottom);
+  gram.narrow(0, h, B - h).narrow(1, 0, h).copy_(top.narrow(1, h, B - h).t());
+  return gram;
 }
 
 // sum over rows r < n and columns c < w of a[r, c] * b[r, c] (row strides lda, ldb), in double
@@ -90,7 +106,7 @@ void check_same(const char* name, const at::Tensor& t, const at::Tensor& u, at::
 
 // Everything after the distillation terms: dots and weights (when adaptive), total and grad_u.
 struct Terms {
-  at::Tensor G, grads, grad_d, deriv, x, losses, dist_d;  // losses, dist_d: float64
+  at::Tensor grads, grad_d, deriv, x, losses, dist_d;  // losses, dist_d: float64
   at::IntArrayRef bits;
   std::vector<int64_t> offset;
   double beta, distill;
@@ -106,29 +122,34 @@ void weigh_and_fold(const Terms& in, at::Tensor& weights, at::Tensor& conflicts,
   const int64_t B = grad_u.size(0), b_max = grad_u.size(1), P = offset[K];
   const bool adaptive = in.adaptive, use_distill = in.grad_d.defined();
   const double distill = in.distill;
-  const at::Tensor &G = in.G, &grads = in.grads, &grad_d = in.grad_d, &deriv = in.deriv, &x = in.x;
+  const at::Tensor &grads = in.grads, &grad_d = in.grad_d, &deriv = in.deriv, &x = in.x;
   if (adaptive) {
-    at::Tensor Gz = G;
-    if (deriv.defined()) {  // dO/dz = dO/du * du/dz, per packed column
-      Gz = at::empty_like(G);
-      const T* g = G.data_ptr<T>();
-      const T* dv = deriv.data_ptr<T>();
-      T* gz = Gz.data_ptr<T>();
+    // GzT (P, B): dO_k/dz, packed columns as rows (dO/du * du/dz), the layout both products below read
+    at::Tensor GzT = at::empty({P, B}, grad_u.options());
+    {
+      const T* gl = grads.defined() ? grads.data_ptr<T>() : nullptr;
+      const T* gd = use_distill ? grad_d.data_ptr<T>() : nullptr;
+      const T* dv = deriv.defined() ? deriv.data_ptr<T>() : nullptr;
+      T* gz = GzT.data_ptr<T>();
       for (int64_t r = 0; r < B; ++r)
         for (int64_t k = 0; k < K; ++k)
-          for (int64_t c = 0; c < bits[k]; ++c)
-            gz[r * P + offset[k] + c] = g[r * P + offset[k] + c] * dv[r * b_max + c];
+          for (int64_t c = 0; c < bits[k]; ++c) {
+            const int64_t p = offset[k] + c;
+            T v = gl ? gl[r * P + p] : T(0);
+            if (gd) v += T(distill) * gd[r * P + p];
+            gz[p * B + r] = dv ? v * dv[r * b_max + c] : v;
+          }
     }
     T* d = dots.data_ptr<T>();
+    const T* l = GzT.data_ptr<T>();
     if (B <= P) {  // through the B x B input Gram: d_ij = <Gz_i, (x x^T) Gz_j> over length i's columns
-      const at::Tensor right = at::mm(input_gram(x), Gz);
-      const T* l = Gz.data_ptr<T>();
-      const T* r = right.data_ptr<T>();
+      const at::Tensor right = gemm_nt(GzT, input_gram(x));  // (P, B) = ((x x^T) Gz)^T, the Gram symmetric
+      const T* rt = right.data_ptr<T>();
       for (int64_t i = 0; i < K; ++i)
         for (int64_t j = i; j < K; ++j)
-          d[i * K + j] = d[j * K + i] = T(block_dot(l + offset[i], P, r + offset[j], P, B, bits[i]));
+          d[i * K + j] = d[j * K + i] = T(block_dot(l + offset[i] * B, B, rt + offset[j] * B, B, bits[i], B));
     } else {  // the weight gradients themselves, (sum b_k, in): cheaper than the Gram for B > sum b_k
-      const at::Tensor g = at::mm(Gz.t(), x);
+      const at::Tensor g = at::mm(GzT, x);
       const int64_t width = x.size(1);
       const T* gp = g.data_ptr<T>();
       for (int64_t i = 0; i < K; ++i)
@@ -212,10 +233,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dist_d = at::zeros({K - 1}, u.options().dtype(at::kDouble));
   at::Tensor grad_d;  // (B, P) packed dD_k/du
   if (use_distill) std::tie(dist_d, grad_d) = cascade_distill_terms(u, bits);
-  // G: dO_k/du packed (grads for the dots), empty when there is nothing to weigh
-  at::Tensor G = grads;
-  if (use_distill) G = G.defined() ? grads + distill * grad_d : distill * grad_d;
-  const bool adaptive = x.defined() && K > 1 && G.defined();
+  // weights need x and some gradient to weigh (dO_k/du = grads + distill grad_d, packed)
+  const bool adaptive = x.defined() && K > 1 && (grads.defined() || use_distill);
 
   const auto opts = u.options();
   at::Tensor weights = at::ones({K}, opts);
@@ -224,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor total = at::empty({}, opts);
   at::Tensor grad_u = at::zeros({B, b_max}, opts);
   const at::Tensor losses = losses_in.to(at::kDouble).contiguous();
-  Terms terms{G, grads, grad_d, deriv, x, losses, dist_d, bits, offset, beta, distill, faithful, closed_form, adaptive};
+  Terms terms{grads, grad_d, deriv, x, losses, dist_d, bits, offset, beta, distill, faithful, closed_form, adaptive};
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "nhl_objective_cpu", [&] {
     weigh_and_fold<scalar_t>(terms, weights, conflicts, dots, total, grad_u);
   });
