@@ -122,12 +122,17 @@ def op(name: str, backend: str) -> Callable:
     return getattr(torch.ops.nhl_fast, name)
 
 
-@torch.compiler.assume_constant_result  # decided once at trace time (fullgraph-safe)
-def _cpp_serves(device: torch.device) -> bool:
+@functools.lru_cache(maxsize=None)  # per training step, twice: the lookups cost more than the kernels' setup
+def _cpp_serves_cached(device_type: str, backend: str) -> bool:
     import nhl_fast.ops  # noqa: F401  (registers the fakes)
 
-    return (device.type == "cpu" and os.environ.get("NHL_BACKEND", "auto") in ("auto", "cpp")
-            and not not_supported_reasons("cpp", device))
+    return (device_type == "cpu" and backend in ("auto", "cpp")
+            and not not_supported_reasons("cpp", torch.device(device_type)))
+
+
+@torch.compiler.assume_constant_result  # decided once at trace time (fullgraph-safe)
+def _cpp_serves(device: torch.device) -> bool:
+    return _cpp_serves_cached(device.type, os.environ.get("NHL_BACKEND", "auto"))
 
 
 def cpp_or_reference(name: str, device: torch.device) -> Callable:

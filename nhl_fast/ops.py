@@ -191,7 +191,8 @@ def _nhl_objective_fake(u: Tensor, grads: Optional[Tensor], losses: Tensor, x: O
             u.new_empty((k, k)), u.new_empty((k - 1,)))
 
 
-def _csq_grads_fake(u: Tensor, targets: Tensor, bits: list[int], lambda_: float) -> tuple[Tensor, Tensor]:
+def _csq_grads_fake(u: Tensor, labels: Tensor, centers: Tensor, tie: Tensor, bits: list[int],
+                    lambda_: float) -> tuple[Tensor, Tensor]:
     return u.new_empty((len(bits),)), u.new_empty((u.shape[0], sum(bits)))
 
 

@@ -341,14 +341,19 @@ def nhl_objective(u: torch.Tensor, grads, losses: torch.Tensor, x, relax_deriv, 
 # --- losses: CSQ in closed form (op csq_grads) ---
 
 
-def csq_grads(u: torch.Tensor, targets: torch.Tensor, bits: Sequence[int], lambda_: float):
+def csq_grads(u: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, tie: torch.Tensor,
+              bits: Sequence[int], lambda_: float):
     """((K,) L_k, (B, sum b_k) packed dL_k/du[:, :b_k]) of CSQ, no graph.
 
-    targets: +-1, (B, sum b_k) a centre per length side by side, or (B, b_max) nested centres (length k reads
-    the prefix). e = BCE-with-logits(2x, (t+1)/2) + lambda_ (|tanh x| - 1)^2 averaged over the batch and the
-    b_k bits; de/dx = 2 (sigmoid(2x) - (t+1)/2) + 2 lambda_ (|tanh x| - 1) sign(x) (1 - tanh^2 x).
+    labels (B, C) multi-hot; centers (C, sum b_k) a +-1 centre per length side by side, or (C, b_max) nested
+    centres (length k reads the prefix); tie (T,) the sign of a bit whose label-summed centre is 0. The target
+    t = sign(labels @ centers) (tie where 0); e = BCE-with-logits(2x, (t+1)/2) + lambda_ (|tanh x| - 1)^2
+    averaged over the batch and the b_k bits; de/dx = 2 (sigmoid(2x) - (t+1)/2) + 2 lambda_ (|tanh x| - 1)
+    sign(x) (1 - tanh^2 x).
     """
-    shared = targets.shape[1] != sum(bits)
+    s = labels @ centers
+    targets = torch.where(s == 0, tie, s.sign())
+    shared = centers.shape[1] != sum(bits)
     losses, parts, lo = [], [], 0
     for b in bits:
         x = u[:, :b]

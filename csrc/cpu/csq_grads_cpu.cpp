@@ -1,4 +1,5 @@
 // csq_grads: CSQ's per-length losses and their closed-form gradients, packed (spec: reference.csq_grads).
+//   t = sign(labels @ centers), the tie sign where that is 0 (multi-label), in {-1, +1}
 //   e(x, t) = BCE-with-logits(2x, (t+1)/2) + lambda (|tanh x| - 1)^2,  L_k = mean over the batch and c < b_k
 //   de/dx   = 2 (sigmoid(2x) - (t+1)/2) + 2 lambda (|tanh x| - 1) sign(x) (1 - tanh^2 x)
 // One pass with one exp and one log1p per element (E = exp(-2|x|) gives sigmoid(2x), |tanh x| and the
@@ -22,21 +23,26 @@ namespace nhl {
 
 namespace {
 
-// one row: length k reads u[:, :b_k] against its targets t[tbase_k : tbase_k + b_k]
+// one row: length k reads u[:, :b_k] against the centre scores s[tbase_k : tbase_k + b_k]
 template <typename T>
-void csq_row(const T* u, const T* t, const std::vector<int64_t>& tbase, const std::vector<int64_t>& offset,
-             at::IntArrayRef bits, T lambda, T grad_scale_b, T* grad, double* sums) {
+void csq_row(const T* u, const T* s, const T* tie, const std::vector<int64_t>& tbase,
+             const std::vector<int64_t>& offset, at::IntArrayRef bits, T lambda, T grad_scale_b, T* grad,
+             double* sums) {
   using V = at::vec::Vectorized<T>;
   const V one(1), two(2), half(0.5), zero(0), lam(lambda), two_lam(2 * lambda);
   for (size_t k = 0; k < bits.size(); ++k) {
-    const T* tk = t + tbase[k];
+    const T* sk = s + tbase[k];
+    const T* tiek = tie + tbase[k];
     T* gk = grad + offset[k];
     const V scale(grad_scale_b / T(bits[k]));  // dL_k/de = 1 / (B b_k)
     V acc(0);
     for (int64_t c = 0; c < bits[k]; c += V::size()) {
       const int64_t n = std::min<int64_t>(V::size(), bits[k] - c);
       const V x = V::loadu(u + c, n);
-      const V t01 = (V::loadu(tk + c, n) + one) * half;
+      const V score = V::loadu(sk + c, n);
+      const V sgn = V::blendv(zero, one, score > zero) - V::blendv(zero, one, score < zero);
+      const V target = V::blendv(sgn, V::loadu(tiek + c, n), score == zero);  // +-1
+      const V t01 = (target + one) * half;
       const V E = (x.abs() * V(-2)).exp();  // exp(-2|x|) in (0, 1]
       const V inv = one / (one + E);
       const V sig = V::blendv(E * inv, inv, x >= zero);  // sigmoid(2x)
@@ -60,8 +66,11 @@ void csq_row(const T* u, const T* t, const std::vector<int64_t>& tbase, const st
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> csq_grads_cpu(const at::Tensor& u_in, const at::Tensor& targets_in,
+std::tuple<at::Tensor, at::Tensor> csq_grads_cpu(const at::Tensor& u_in, const at::Tensor& labels_in,
+                                                 const at::Tensor& centers_in, const at::Tensor& tie_in,
                                                  at::IntArrayRef bits, double lambda) {
+  // the GEMM below re-enters the dispatcher: under autocast it would come back in bfloat16
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   TORCH_CHECK(u_in.dim() == 2, "csq_grads: u must be (B, b_max)");
   TORCH_CHECK(u_in.scalar_type() == at::kFloat || u_in.scalar_type() == at::kDouble,
               "csq_grads: u must be float32 or float64, got ", u_in.scalar_type());
@@ -71,26 +80,32 @@ std::tuple<at::Tensor, at::Tensor> csq_grads_cpu(const at::Tensor& u_in, const a
   std::vector<int64_t> offset(K + 1, 0);
   for (int64_t k = 0; k < K; ++k) offset[k + 1] = offset[k] + bits[k];
   const int64_t P = offset[K];
-  TORCH_CHECK(targets_in.dim() == 2 && targets_in.size(0) == B &&
-                  (targets_in.size(1) == P || targets_in.size(1) == b_max),
-              "csq_grads: targets must be (B, sum b_k) (a centre per length) or (B, b_max) (nested centres), got ",
-              targets_in.sizes());
-  TORCH_CHECK(targets_in.scalar_type() == u_in.scalar_type(), "csq_grads: targets must have u's dtype");
-  // target column of length k's first bit: its own segment, or column 0 of the shared (nested) centres
+  TORCH_CHECK(labels_in.dim() == 2 && labels_in.size(0) == B, "csq_grads: labels must be (B, C) multi-hot with B = ", B);
+  TORCH_CHECK(centers_in.dim() == 2 && centers_in.size(0) == labels_in.size(1) &&
+                  (centers_in.size(1) == P || centers_in.size(1) == b_max),
+              "csq_grads: centers must be (C, sum b_k) (a centre per length) or (C, b_max) (nested centres), got ",
+              centers_in.sizes());
+  TORCH_CHECK(tie_in.dim() == 1 && tie_in.size(0) == centers_in.size(1), "csq_grads: tie must be (", centers_in.size(1),
+              ",), one sign per centre column");
+  TORCH_CHECK(labels_in.scalar_type() == u_in.scalar_type() && centers_in.scalar_type() == u_in.scalar_type() &&
+                  tie_in.scalar_type() == u_in.scalar_type(),
+              "csq_grads: labels, centers and tie must have u's dtype");
+  // centre column of length k's first bit: its own segment, or column 0 of the shared (nested) centres
   std::vector<int64_t> tbase(K, 0);
-  if (targets_in.size(1) == P) tbase.assign(offset.begin(), offset.end() - 1);
-  const at::Tensor u = u_in.contiguous(), t = targets_in.contiguous();
-  const int64_t T_cols = t.size(1);
+  if (centers_in.size(1) == P) tbase.assign(offset.begin(), offset.end() - 1);
+  const at::Tensor u = u_in.contiguous(), tie = tie_in.contiguous();
+  const at::Tensor scores = at::mm(labels_in, centers_in).contiguous();  // (B, T): label-summed centres
+  const int64_t T_cols = scores.size(1);
   at::Tensor grads = at::empty({B, P}, u.options());
   std::vector<double> sums(K, 0.0);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "csq_grads_cpu", [&] {
     const scalar_t* up = u.data_ptr<scalar_t>();
-    const scalar_t* tp = t.data_ptr<scalar_t>();
+    const scalar_t* sp = scores.data_ptr<scalar_t>();
     scalar_t* gp = grads.data_ptr<scalar_t>();
     const scalar_t inv_b = B > 0 ? scalar_t(1) / scalar_t(B) : scalar_t(0);
     for (int64_t r = 0; r < B; ++r)
-      csq_row<scalar_t>(up + r * b_max, tp + r * T_cols, tbase, offset, bits, scalar_t(lambda), inv_b, gp + r * P,
-                        sums.data());
+      csq_row<scalar_t>(up + r * b_max, sp + r * T_cols, tie.data_ptr<scalar_t>(), tbase, offset, bits,
+                        scalar_t(lambda), inv_b, gp + r * P, sums.data());
   });
   at::Tensor losses = at::empty({K}, u.options().dtype(at::kDouble));
   double* lp = losses.data_ptr<double>();

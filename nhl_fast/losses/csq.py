@@ -42,4 +42,6 @@ class CSQ(CenteredLoss):
         (op csq_grads, spec reference.csq_grads). NHLObjective uses them (adaptive weights and final backward)
         instead of a batched (vmapped) backward through this loss."""
         u, y, _ = self.prepare(u, labels, indices)
-        return cpp_or_reference("csq_grads", u.device)(u, self.targets(y), list(self.bit_list), self.lambda_)
+        dtype = u.dtype
+        return cpp_or_reference("csq_grads", u.device)(u, y, self.centers_table.to(dtype), self.tie.to(dtype),
+                                                       list(self.bit_list), self.lambda_)
