@@ -172,6 +172,15 @@ class NHLObjective(nn.Module):
             raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({len(self.bit_list)},)")
         return losses
 
+    def _record(self, **values) -> None:
+        """Set the last_* attributes. Eager: straight into __dict__ (nn.Module.__setattr__'s checks cost more
+        than the kernels at small batches); compiled: plain setattr, which Dynamo tracks."""
+        if torch.compiler.is_compiling():
+            for name, value in values.items():
+                setattr(self, name, value)
+        else:
+            self.__dict__.update(values)
+
     def _pack_index(self, device) -> Tensor:
         """(sum b_k,) positions, in a (K * b_max) flattening, of the packed columns [G_1[:, :b_1], ..., G_K[:, :b_K]]."""
         if device not in self._masks:
@@ -226,8 +235,8 @@ class NHLObjective(nn.Module):
         total, grad_u, weights, conflicts, dots, dist = objective_terms(
             u_acc, grads, losses.detach().to(acc), inputs, deriv, self.bit_list, self.beta,
             self.distill if use_distill else 0.0, self.faithful, closed)
-        self.last_losses, self.last_distill, self.last_weights = losses.detach(), dist, weights
-        self.last_conflicts, self.last_grad_dots = (conflicts, dots) if adaptive else (None, None)
+        self._record(last_losses=losses.detach(), last_distill=dist, last_weights=weights,
+                     last_conflicts=conflicts if adaptive else None, last_grad_dots=dots if adaptive else None)
         if not closed:  # the base losses' gradients flow through their own graph
             final = weights
             if self.faithful and adaptive and use_distill:  # quirk 3 (see the module docstring)
