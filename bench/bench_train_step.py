@@ -1,8 +1,9 @@
 """One NHL training step of a feature-in hashing head, side by side in one run:
 
-  ours       NestedHashLayer + NHLObjective("csq", adaptive, distill=0.1): one GEMM forward, one
-             batched autograd call over the loss graph for the K gradients, one B x B Gram for
-             the dominance weights, one backward (one GEMM pair), no host sync.
+  ours       NestedHashLayer + NHLObjective("csq", adaptive, distill=0.1): one GEMM forward, CSQ's K
+             losses and gradients in closed form (op csq_grads), then one op for the rest (nhl_objective:
+             distillation, the B x B input Gram and the dominance weights, the total and its gradient),
+             one backward (one GEMM pair), no loss graph, no host sync.
   reference  the reference code's step (hly1998/NHL model_grand_sd.py, RML_E + analysis +
              distillation), literally: K matmuls, K analysis backward passes reading W.grad,
              .item() host syncs and Python loops for the weights, a second forward + backward.

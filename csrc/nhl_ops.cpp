@@ -27,6 +27,11 @@ TORCH_LIBRARY(nhl_fast, m) {
 
   // --- objective: cascade distillation value + closed-form gradient, all K-1 pairs (csrc/cpu/cascade_distill_cpu.cpp) ---
   m.def("cascade_distill(Tensor u, int[] bits) -> (Tensor, Tensor)");
+  // CSQ's per-length losses and packed closed-form gradients (csrc/cpu/csq_grads_cpu.cpp)
+  m.def("csq_grads(Tensor u, Tensor labels, Tensor centers, Tensor tie, int[] bits, float lambda_) -> (Tensor, Tensor)");
+  // the objective's whole forward: (total, d total/du, weights, conflicts, dots, distill) (csrc/cpu/nhl_objective_cpu.cpp)
+  m.def("nhl_objective(Tensor u, Tensor? grads, Tensor losses, Tensor? x, Tensor? relax_deriv, int[] bits, "
+        "float beta, float distill, bool faithful, bool closed_form) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -120,3 +120,26 @@ def op(name: str, backend: str) -> Callable:
     if not torch.compiler.is_compiling():  # importlib is not traceable; nhl_fast.ops loaded it already
         extension()
     return getattr(torch.ops.nhl_fast, name)
+
+
+@functools.lru_cache(maxsize=None)  # per training step, twice: the lookups cost more than the kernels' setup
+def _cpp_serves_cached(device_type: str, backend: str) -> bool:
+    import nhl_fast.ops  # noqa: F401  (registers the fakes)
+
+    return (device_type == "cpu" and backend in ("auto", "cpp")
+            and not not_supported_reasons("cpp", torch.device(device_type)))
+
+
+@torch.compiler.assume_constant_result  # decided once at trace time (fullgraph-safe)
+def _cpp_serves(device: torch.device) -> bool:
+    return _cpp_serves_cached(device.type, os.environ.get("NHL_BACKEND", "auto"))
+
+
+def cpp_or_reference(name: str, device: torch.device) -> Callable:
+    """Op `name` with a C++ CPU kernel only (the objective's ops): the kernel on CPU tensors when the
+    extension is built and NHL_BACKEND allows it, else its torch spec reference.<name> (any device)."""
+    if _cpp_serves(device):
+        return getattr(torch.ops.nhl_fast, name)
+    from nhl_fast import reference
+
+    return getattr(reference, name)

@@ -176,12 +176,27 @@ distance_histogram_triton.register_fake(_distance_histogram_fake)
 index_ap_triton.register_fake(_index_ap_fake)
 
 
-# --- objective: cascade_distill (C++ only: the torch formula in nhl_fast.objective serves other devices) ---
+# --- objective: cascade_distill, nhl_objective, csq_grads (C++ only: reference.* serves other devices) ---
 
 
 def _cascade_distill_fake(u: Tensor, bits: list[int]) -> tuple[Tensor, Tensor]:
     return u.new_empty((len(bits) - 1,)), u.new_empty((u.shape[0], sum(bits)))
 
 
+def _nhl_objective_fake(u: Tensor, grads: Optional[Tensor], losses: Tensor, x: Optional[Tensor],
+                        relax_deriv: Optional[Tensor], bits: list[int], beta: float, distill: float, faithful: bool,
+                        closed_form: bool):
+    k = len(bits)
+    return (u.new_empty(()), u.new_empty(u.shape), u.new_empty((k,)), u.new_empty((k, k), dtype=torch.bool),
+            u.new_empty((k, k)), u.new_empty((k - 1,)))
+
+
+def _csq_grads_fake(u: Tensor, labels: Tensor, centers: Tensor, tie: Tensor, bits: list[int],
+                    lambda_: float) -> tuple[Tensor, Tensor]:
+    return u.new_empty((len(bits),)), u.new_empty((u.shape[0], sum(bits)))
+
+
 if _EXT is not None:
     torch.library.register_fake("nhl_fast::cascade_distill")(_cascade_distill_fake)
+    torch.library.register_fake("nhl_fast::csq_grads")(_csq_grads_fake)
+    torch.library.register_fake("nhl_fast::nhl_objective")(_nhl_objective_fake)

@@ -5,6 +5,7 @@ tested against these functions. Inputs are assumed validated (see nhl_fast._chec
 """
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import torch
@@ -269,3 +270,99 @@ def cascade_distill(u: torch.Tensor, bits: Sequence[int]) -> tuple[torch.Tensor,
     sym = a + a.transpose(1, 2)
     parts = [sym[k] @ u[:, :b] for k, b in enumerate(bits[:-1])]
     return dist, torch.cat(parts + [u.new_zeros(batch, bits[-1])], dim=1)
+
+
+# --- objective: the whole forward (op nhl_objective) ---
+
+
+def dominance_weights(dots: torch.Tensor, beta: float, faithful: bool = False):
+    """(weights (K,), conflicts (K, K) bool) from the gradient dots d[i, j] = <g_i[:b_i], g_j[:b_i]>:
+    tau_i = beta n_i^2 / (K-1) (faithful: n_i = n_1), a_ij = tau_i / -d_ij where d_ij < -tau_i else 1,
+    a_ij <- min(a_ij, a_i,i+1), w_j = prod_{i<j} a_ij, w <- K w / sum(w)."""
+    k = dots.shape[0]
+    norm2 = dots[0, 0].expand(k) if faithful else dots.diagonal()
+    tau = beta * norm2 / (k - 1)
+    upper = torch.ones(k, k, dtype=torch.bool, device=dots.device).triu(1)
+    conflicts = upper & (dots < -tau[:, None])
+    alpha = torch.where(conflicts, tau[:, None] / -dots, 1.0)
+    anchor = torch.nn.functional.pad(alpha.diagonal(1), (0, 1), value=1.0)  # a_{i,i+1}; the last row has none
+    alpha = torch.where(upper, torch.minimum(alpha, anchor[:, None]), 1.0)
+    w = alpha.prod(0)  # a_ij = 1 for i >= j, so w_0 = 1
+    return k * w / w.sum(), conflicts
+
+
+def nhl_objective(u: torch.Tensor, grads, losses: torch.Tensor, x, relax_deriv, bits: Sequence[int],
+                  beta: float, distill: float, faithful: bool, closed_form: bool):
+    """(total, grad_u (B, b_max), weights (K,), conflicts (K, K) bool, dots (K, K), dist (K-1,)).
+
+    u (B, b_max) the codes (no graph); grads (B, sum b_k) or None: the base losses' dL_k/du[:, :b_k] side by
+    side; losses (K,) their values; x (B, in) the head's input, or None for no adaptive weights; relax_deriv
+    (B, b_max) du/dz, or None for the identity. O_k = L_k + distill D_k (D_K = 0, dist = cascade_distill),
+    g_k = (dO_k/du[:, :b_k] * du/dz)^T x, dots d_ij = <g_i[:b_i], g_j[:b_i]>, weights = dominance_weights
+    (all 1 without x or grads). final = weights, with the longest length's dropped in faithful mode with
+    distillation (the reference's zip). total = sum_k final_k (L_k if closed_form) + final_k distill D_k;
+    grad_u = d total / du with the weights held constant (dL_k/du taken from grads).
+    """
+    k = len(bits)
+    batch, b_max = u.shape
+    col = torch.cat([torch.arange(b, device=u.device) for b in bits])  # u's column of each packed column
+    length = torch.cat([torch.full((b,), i, device=u.device) for i, b in enumerate(bits)])  # its length
+    use_distill = distill > 0 and k > 1
+    dist, grad_d = cascade_distill(u, bits) if use_distill else (u.new_zeros(k - 1), None)
+    G = grads
+    if use_distill:
+        G = distill * grad_d if G is None else G + distill * grad_d
+    weights = u.new_ones(k)
+    conflicts = torch.zeros(k, k, dtype=torch.bool, device=u.device)
+    dots = u.new_zeros(k, k)
+    adaptive = x is not None and k > 1 and G is not None
+    if adaptive:
+        gz = G if relax_deriv is None else G * relax_deriv[:, col]
+        g = u.new_zeros(k, b_max, x.shape[1])  # every length's weight gradient, rows past b_k zero
+        for i, (lo, b) in enumerate(zip((0,) + tuple(itertools.accumulate(bits)), bits)):
+            g[i, :b] = gz[:, lo:lo + b].T @ x
+        dots = g.reshape(k, -1) @ g.reshape(k, -1).T
+        weights, conflicts = dominance_weights(dots, beta, faithful)
+    final = weights.clone()
+    if faithful and adaptive and use_distill:
+        final[-1] = 0
+    coef = final[length]  # per packed column
+    total = (final * losses.to(u.dtype)).sum() if closed_form else u.new_zeros(())
+    total = total + distill * (final[:-1] * dist).sum()
+    packed = u.new_zeros(batch, col.numel())
+    if closed_form:
+        packed = packed + coef * grads
+    if use_distill:
+        packed = packed + coef * distill * grad_d
+    grad_u = u.new_zeros(batch, b_max).index_add_(1, col, packed)
+    return total, grad_u, weights, conflicts, dots, dist
+
+
+# --- losses: CSQ in closed form (op csq_grads) ---
+
+
+def csq_grads(u: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, tie: torch.Tensor,
+              bits: Sequence[int], lambda_: float):
+    """((K,) L_k, (B, sum b_k) packed dL_k/du[:, :b_k]) of CSQ, no graph.
+
+    labels (B, C) multi-hot; centers (C, sum b_k) a +-1 centre per length side by side, or (C, b_max) nested
+    centres (length k reads the prefix); tie (T,) the sign of a bit whose label-summed centre is 0. The target
+    t = sign(labels @ centers) (tie where 0); e = BCE-with-logits(2x, (t+1)/2) + lambda_ (|tanh x| - 1)^2
+    averaged over the batch and the b_k bits; de/dx = 2 (sigmoid(2x) - (t+1)/2) + 2 lambda_ (|tanh x| - 1)
+    sign(x) (1 - tanh^2 x).
+    """
+    s = labels @ centers
+    targets = torch.where(s == 0, tie, s.sign())
+    shared = centers.shape[1] != sum(bits)
+    losses, parts, lo = [], [], 0
+    for b in bits:
+        x = u[:, :b]
+        t = ((targets[:, :b] if shared else targets[:, lo:lo + b]) + 1) / 2
+        th = x.tanh()
+        dev = th.abs() - 1
+        e = torch.nn.functional.binary_cross_entropy_with_logits(2 * x, t, reduction="none") + lambda_ * dev * dev
+        dx = 2 * (torch.sigmoid(2 * x) - t) + 2 * lambda_ * dev * th.sign() * (1 - th * th)
+        losses.append(e.mean())
+        parts.append(dx / e.numel())
+        lo += b
+    return torch.stack(losses), torch.cat(parts, 1)

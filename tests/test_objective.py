@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nhl_fast as nf
-from nhl_fast.objective import cascade_distill, cascade_distill_grad, cascade_distill_parts
+from nhl_fast import reference
 
 BITS = (4, 8, 13, 30)  # any increasing lengths; 13 and 30 are not powers of two
 N_CLASS = 5
@@ -144,26 +144,22 @@ def test_batched_grad_falls_back_when_vmap_cannot_batch():
 
 
 def test_distillation_matches_per_pair_formula():
+    """The spec's closed-form distillation (values, packed gradients) against autograd of the per-pair formula."""
     torch.manual_seed(0)
     u = torch.randn(9, BITS[-1], dtype=torch.float64, requires_grad=True)
-    got = cascade_distill(u, BITS)
     want = torch.stack([sp_distill(u[:, :a], u[:, :b].detach()) for a, b in zip(BITS, BITS[1:])])
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
-    w = torch.rand(len(BITS) - 1, dtype=torch.float64)
-    (g1,) = torch.autograd.grad((w * got).sum(), u, retain_graph=True)
-    (g2,) = torch.autograd.grad((w * want).sum(), u, retain_graph=True)
-    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-14)
-    # the closed-form gradients the objective uses, one D_k at a time, against autograd
-    dist, normed, norms = cascade_distill_parts(u.detach(), BITS)
+    dist, packed = reference.cascade_distill(u.detach(), BITS)
     torch.testing.assert_close(dist, want.detach(), rtol=1e-12, atol=1e-14)
-    closed = cascade_distill_grad(u.detach(), normed, norms, BITS)
-    for k in range(len(BITS) - 1):
-        (auto,) = torch.autograd.grad(want[k], u, retain_graph=True)
-        torch.testing.assert_close(closed[k], auto, rtol=1e-10, atol=1e-15)
-    assert torch.count_nonzero(closed[-1]) == 0
-    # the teacher is detached: D_k sends no gradient to columns beyond b_k
-    (g_last,) = torch.autograd.grad(got[0], u)
-    assert torch.count_nonzero(g_last[:, BITS[0]:]) == 0
+    lo = 0
+    for k, b in enumerate(BITS):
+        seg = packed[:, lo:lo + b]
+        if k == len(BITS) - 1:
+            assert torch.count_nonzero(seg) == 0  # the longest code has no teacher
+        else:
+            (auto,) = torch.autograd.grad(want[k], u, retain_graph=True)
+            torch.testing.assert_close(seg, auto[:, :b], rtol=1e-10, atol=1e-15)
+            assert torch.count_nonzero(auto[:, b:]) == 0  # the teacher is detached: nothing past b_k
+        lo += b
 
 
 def test_non_adaptive_objective_is_plain_sum():
@@ -429,11 +425,14 @@ def test_closed_form_csq_grads_match_autograd(centers, relax):
     u = layer(net(x)).full.detach().requires_grad_()
     u.data[0, :3] = 0.0  # sign(0): autograd's abs gives 0 there
     want = loss(u, labels)
-    got, dx, scale = loss.length_grads(u.detach(), labels)
-    G = loss.to_codes(scale[:, None, :] * dx)
+    got, packed = loss.length_grads(u.detach(), labels)
     torch.testing.assert_close(got, want.detach())
-    for k in range(len(BITS)):
-        torch.testing.assert_close(G[k], torch.autograd.grad(want[k], u, retain_graph=True)[0])
+    lo = 0
+    for k, b in enumerate(BITS):  # packed: dL_k/du[:, :b_k] side by side; L_k depends on nothing past b_k
+        (auto,) = torch.autograd.grad(want[k], u, retain_graph=True)
+        torch.testing.assert_close(packed[:, lo:lo + b], auto[:, :b])
+        assert torch.count_nonzero(auto[:, b:]) == 0
+        lo += b
     results = []
     for closed in (True, False):
         obj = nf.NHLObjective("csq", BITS, beta=0.01, distill=0.1, num_classes=N_CLASS, centers=centers).double()

@@ -9,6 +9,8 @@
 #include <torch/all.h>
 #include <torch/library.h>
 
+#include "cpu/cascade_distill.h"
+
 #include <cmath>
 #include <vector>
 
@@ -78,26 +80,25 @@ void distill_terms(T* grams, T* norms, T* sym, double* dist, int64_t K, int64_t 
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> cascade_distill_cpu(const at::Tensor& u_in, at::IntArrayRef bits) {
-  TORCH_CHECK(u_in.dim() == 2, "cascade_distill: u must be (B, b_max)");
-  TORCH_CHECK(u_in.scalar_type() == at::kFloat || u_in.scalar_type() == at::kDouble,
-              "cascade_distill: u must be float32 or float64");
+void check_lengths(const char* op, at::IntArrayRef bits, int64_t width) {
   const int64_t K = static_cast<int64_t>(bits.size());
-  TORCH_CHECK(K >= 2, "cascade_distill: bits needs at least 2 lengths");
+  TORCH_CHECK(K >= 1, op, ": bits must not be empty");
   for (int64_t k = 0; k < K; ++k) {
-    TORCH_CHECK(bits[k] >= 1 && (k == 0 || bits[k] > bits[k - 1]), "cascade_distill: bits must be strictly increasing and >= 1");
+    TORCH_CHECK(bits[k] >= 1 && (k == 0 || bits[k] > bits[k - 1]), op, ": bits must be strictly increasing and >= 1");
   }
-  TORCH_CHECK(bits[K - 1] == u_in.size(1), "cascade_distill: u must have bits[-1] columns");
-  const at::Tensor u = u_in.contiguous();
+  TORCH_CHECK(bits[K - 1] == width, op, ": u must have bits[-1] columns");
+}
+
+std::tuple<at::Tensor, at::Tensor> cascade_distill_terms(const at::Tensor& u, at::IntArrayRef bits) {
+  // the GEMMs below re-enter the dispatcher: under autocast they would come back in bfloat16
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const int64_t K = static_cast<int64_t>(bits.size());
   const int64_t B = u.size(0);
   int64_t total_cols = 0;
   for (int64_t k = 0; k < K; ++k) total_cols += bits[k];
   at::Tensor grad = at::zeros({B, total_cols}, u.options());
-  at::Tensor dist_d = at::empty({K - 1}, u.options().dtype(at::kDouble));
-  if (B == 0) {
-    dist_d.zero_();
-    return {dist_d.to(u.scalar_type()), grad};
-  }
+  at::Tensor dist_d = at::zeros({K - 1}, u.options().dtype(at::kDouble));
+  if (B == 0) return {dist_d, grad};
   at::Tensor grams = at::empty({K, B, B}, u.options());
   {
     const at::Tensor first = u.narrow(1, 0, bits[0]);
@@ -118,10 +119,20 @@ std::tuple<at::Tensor, at::Tensor> cascade_distill_cpu(const at::Tensor& u_in, a
   int64_t lo = 0;
   for (int64_t k = 0; k + 1 < K; ++k) {  // only the b_k columns D_k depends on
     at::Tensor seg = grad.narrow(1, lo, bits[k]);
-    seg.copy_(at::mm(sym[k], u.narrow(1, 0, bits[k])));
+    at::mm_out(seg, sym[k], u.narrow(1, 0, bits[k]));
     lo += bits[k];
   }
-  return {dist_d.to(u.scalar_type()), grad};
+  return {dist_d, grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> cascade_distill_cpu(const at::Tensor& u_in, at::IntArrayRef bits) {
+  TORCH_CHECK(u_in.dim() == 2, "cascade_distill: u must be (B, b_max)");
+  TORCH_CHECK(u_in.scalar_type() == at::kFloat || u_in.scalar_type() == at::kDouble,
+              "cascade_distill: u must be float32 or float64");
+  TORCH_CHECK(bits.size() >= 2, "cascade_distill: bits needs at least 2 lengths");
+  check_lengths("cascade_distill", bits, u_in.size(1));
+  auto [dist_d, grad] = cascade_distill_terms(u_in.contiguous(), bits);
+  return {dist_d.to(u_in.scalar_type()), grad};
 }
 
 TORCH_LIBRARY_IMPL(nhl_fast, CPU, m) { m.impl("cascade_distill", &cascade_distill_cpu); }

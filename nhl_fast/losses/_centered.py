@@ -89,17 +89,6 @@ class CenteredLoss(HashLoss):
         """u arranged in the centre column layout (a view in nested mode)."""
         return u if self.nested else u.index_select(1, self.cols)
 
-    @property
-    def packed_layout(self) -> bool:
-        """True when the column layout is [u[:, :b_1], ..., u[:, :b_K]] (per_length centres)."""
-        return not self.nested
-
-    def to_codes(self, g: Tensor) -> Tensor:
-        """(..., B, b_max) gradient w.r.t. u from (..., B, ncols) gradient w.r.t. layout(u)."""
-        if self.nested:
-            return g
-        return g.new_zeros(g.shape[:-1] + (self.b_max,)).index_add_(-1, self.cols, g)
-
     def targets(self, y: Tensor) -> Tensor:
         """(B, ncols) +-1 target of every sample: sign of its label-summed centres (= its centre when single-label)."""
         s = y @ self.centers_table.to(y.dtype)

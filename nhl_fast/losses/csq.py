@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nhl_fast._dispatch import cpp_or_reference
 from nhl_fast.losses import register
 from nhl_fast.losses._centered import CenteredLoss
 
@@ -37,20 +38,10 @@ class CSQ(CenteredLoss):
 
     @torch.no_grad()
     def length_grads(self, u, labels, indices=None):
-        """(L (K,), dx (B, ncols), scale (K, ncols)): the losses and their gradients in closed form, no graph.
-
-        dL_k/du = to_codes(scale[k] * dx), and any combination sum_k w_k dL_k/du = to_codes((w @ scale) * dx)
-        costs one product. Used by NHLObjective (adaptive weights and final backward) instead of a
-        batched (vmapped) backward through this loss. With e(x) = BCE(2x, (t+1)/2) + lambda_ (|tanh x| - 1)^2:
-        de/dx = 2 (sigmoid(2x) - (t+1)/2) + 2 lambda_ (|tanh x| - 1) sign(x) (1 - tanh^2 x) (sign(0) = 0, as
-        autograd's abs), and L_k averages e over the batch and length k's columns.
-        """
+        """(L (K,), G (B, sum b_k)): the losses and, side by side, every dL_k/du[:, :b_k] in closed form, no graph
+        (op csq_grads, spec reference.csq_grads). NHLObjective uses them (adaptive weights and final backward)
+        instead of a batched (vmapped) backward through this loss."""
         u, y, _ = self.prepare(u, labels, indices)
-        x = self.layout(u)
-        t = (self.targets(y) + 1) / 2
-        th = x.tanh()
-        dev = th.abs() - 1
-        e = F.binary_cross_entropy_with_logits(2 * x, t, reduction="none") + self.lambda_ * dev * dev
-        dx = 2 * (torch.sigmoid(2 * x) - t) + (2 * self.lambda_) * dev * th.sign() * (1 - th * th)
-        scale = self.avg.to(e.dtype) / (e.shape[0] * self.bits_like(e))[:, None]  # (K, ncols)
-        return scale @ e.sum(0), dx, scale
+        dtype = u.dtype
+        return cpp_or_reference("csq_grads", u.device)(u, y, self.centers_table.to(dtype), self.tie.to(dtype),
+                                                       list(self.bit_list), self.lambda_)

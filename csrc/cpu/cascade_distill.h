@@ -1,0 +1,15 @@
+// The distillation terms shared by the ops cascade_distill and nhl_objective (csrc/cpu/cascade_distill_cpu.cpp).
+#pragma once
+#include <torch/all.h>
+
+#include <tuple>
+
+namespace nhl {
+
+// TORCH_CHECK that bits is strictly increasing, >= 1, and ends at `width` (the columns of u).
+void check_lengths(const char* op, at::IntArrayRef bits, int64_t width);
+
+// ((K-1,) float64 D_k, (B, sum b_k) packed dD_k/du in u's dtype) for a contiguous float/double u (B, bits[-1]).
+std::tuple<at::Tensor, at::Tensor> cascade_distill_terms(const at::Tensor& u, at::IntArrayRef bits);
+
+}  // namespace nhl
