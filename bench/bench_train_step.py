@@ -146,8 +146,13 @@ def bench_step(batch, n_in, bits, ncls, device, repeat):
     cpu_clock = device.type == "cpu" and torch.get_num_threads() == 1
     times = {name: [] for name in fns}
     walls = {name: [] for name in fns}
+    # Each timed step follows an untimed step of the same variant, so every variant is timed in
+    # the steady state of a training loop (its own weights, optimizer state and x in cache),
+    # whatever ran before it.
     for _ in range(repeat):
         for name, fn in fns.items():
+            fn()
+            sync(device)
             t0, c0 = time.perf_counter(), time.thread_time()
             fn()
             sync(device)
