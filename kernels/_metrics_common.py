@@ -44,9 +44,13 @@ def block_relevance(dl_ptr, offs, valid, ql_ptr, pid, LW: tl.constexpr, LWP: tl.
 
 
 @triton.jit
-def query_histograms(db_ptr, dl_ptr, ql_ptr, pid, qw, masks, N, W, WP: tl.constexpr, LW: tl.constexpr,
+def query_histograms(q_ptr, bits_ptr, db_ptr, dl_ptr, ql_ptr, pid, L, N, W, WP: tl.constexpr, LW: tl.constexpr,
                      LWP: tl.constexpr, LP: tl.constexpr, NB: tl.constexpr, BLOCK: tl.constexpr):
-    """(LP, NB) int32 counts of all / relevant database items at each distance: one streamed pass."""
+    """Query `pid`'s words and length masks, and its (LP, NB) int32 counts of all / relevant
+    database items at each distance: one streamed pass."""
+    words = tl.arange(0, WP)
+    qw = tl.load(q_ptr + pid * W + words, mask=words < W, other=0)
+    masks = length_masks(bits_ptr, L, LP, WP)
     bins = tl.arange(0, NB)
     tot = tl.zeros((LP, NB), dtype=tl.int32)
     rel = tl.zeros((LP, NB), dtype=tl.int32)
@@ -58,7 +62,7 @@ def query_histograms(db_ptr, dl_ptr, ql_ptr, pid, qw, masks, N, W, WP: tl.conste
         hot = ((d[:, :, None] == bins[None, None, :]) & valid[:, None, None]).to(tl.int32)
         tot += tl.sum(hot, axis=0)
         rel += tl.sum(hot * r.to(tl.int32)[:, None, None], axis=0)
-    return tot, rel
+    return qw, masks, tot, rel
 
 
 def launch_params(q: torch.Tensor, q_labels: torch.Tensor, bits: list[int]) -> dict:

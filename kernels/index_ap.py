@@ -10,8 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from nhl_fast.kernels._metrics_common import (block_distances, block_relevance, launch_params, length_masks,
-                                              query_histograms)
+from nhl_fast.kernels._metrics_common import (block_distances, block_relevance, launch_params, query_histograms)
 
 
 @triton.jit
@@ -19,11 +18,9 @@ def _index_ap_kernel(q_ptr, db_ptr, ql_ptr, dl_ptr, bits_ptr, ap_ptr, hits_ptr, 
                      W, WP: tl.constexpr, LW: tl.constexpr, LWP: tl.constexpr, LP: tl.constexpr,
                      NB: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    words = tl.arange(0, WP)
-    qw = tl.load(q_ptr + pid * W + words, mask=words < W, other=0)
-    masks = length_masks(bits_ptr, L, LP, WP)
+    qw, masks, tot, rel = query_histograms(q_ptr, bits_ptr, db_ptr, dl_ptr, ql_ptr, pid, L, N, W, WP, LW, LWP, LP, NB,
+                                           BLOCK)
     bins = tl.arange(0, NB)
-    tot, rel = query_histograms(db_ptr, dl_ptr, ql_ptr, pid, qw, masks, N, W, WP, LW, LWP, LP, NB, BLOCK)
     # counts strictly below each bin; the walk adds the items seen so far in the bin
     seen_tot = tl.cumsum(tot, axis=1) - tot
     seen_rel = tl.cumsum(rel, axis=1) - rel
