@@ -35,7 +35,7 @@ namespace nhl {
 
 #if defined(__AVX2__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define NHL_RECORDS_AVX512 1
-#define NHL_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vbmi2")))
+#define NHL_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vbmi2,bmi2")))
 #endif
 
 // Whether RecordLists appends a scan step with AVX-512 compress stores (BW + VBMI2, detected
@@ -43,7 +43,10 @@ namespace nhl {
 // tests cover both on one machine.
 inline bool records_avx512() {
 #ifdef NHL_RECORDS_AVX512
-  static const bool cpu = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi2");
+  static const bool cpu = [] {
+    __builtin_cpu_init();  // in a shared library the detection may not have run yet
+    return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi2");
+  }();
   const char* off = std::getenv("NHL_TOPK_NO_AVX512");
   return cpu && !(off && *off && *off != '0');
 #else
@@ -80,7 +83,7 @@ struct RecordLists : LengthThresholds {
     if (rows.size() < static_cast<size_t>(nq * seg)) rows.resize(nq * seg);
     if (dists.size() < static_cast<size_t>(nq * seg * L)) dists.resize(nq * seg * L);
     nrec.assign(nq, 0);
-    picks.resize(cap);
+    picks.resize(cap + 16);  // + a whole-vector store
   }
 
   // Empty query qi (all lengths), thresholds back to "anything enters".
@@ -271,16 +274,37 @@ struct RecordLists : LengthThresholds {
     const int32_t t = thresh[list];
     const uint32_t* r = rows_of(qi);
     const uint8_t* d = dists_of(qi, l);
-    const int64_t n = nrec[qi];
+    uint32_t* pick = picks.data();
+#ifdef NHL_RECORDS_AVX512
+    const int64_t m = wide ? pick_avx512(d, nrec[qi], t, k - below[list], pick) : pick_records(d, nrec[qi], t, k - below[list], pick);
+#else
+    const int64_t m = pick_records(d, nrec[qi], t, k - below[list], pick);
+#endif
     int64_t* pos = scratch.data();
     std::fill(pos, pos + t + 1, 0);
-    int64_t need = k - below[list], m = 0;
-    uint32_t* pick = picks.data();
+    for (int64_t i = 0; i < m; ++i) ++pos[d[pick[i]]];
+    int64_t at = 0;  // pos[v]: the first output slot of distance v
+    for (int v = 0; v <= t && v <= max_d[l]; ++v) {
+      const int64_t c = pos[v];
+      pos[v] = at;
+      at += c;
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t dj = d[pick[i]];
+      const int64_t slot = pos[dj]++;
+      out_d[slot] = dj;
+      out_i[slot] = base + r[pick[i]];
+    }
+  }
+
+  // The records (of n, distances d) a length with threshold t takes: every d < t and the first
+  // `need` at d == t, in record order, into pick; returns how many.
+  static int64_t pick_records(const uint8_t* d, int64_t n, int32_t t, int64_t need, uint32_t* pick) {
+    int64_t m = 0;
     auto take = [&](int64_t j) {  // branch-free: at d == t, whether `need` is left is data-dependent
       const int32_t dj = d[j];
       const int64_t in = (dj < t) | ((dj == t) & (need > 0));
       need -= (dj == t) & in;
-      pos[dj] += in;
       pick[m] = static_cast<uint32_t>(j);
       m += in;
     };
@@ -296,19 +320,35 @@ struct RecordLists : LengthThresholds {
 #endif
     for (; j < n; ++j)
       if (d[j] <= t) take(j);
-    int64_t at = 0;  // pos[v]: the first output slot of distance v
-    for (int v = 0; v <= t && v <= max_d[l]; ++v) {
-      const int64_t c = pos[v];
-      pos[v] = at;
-      at += c;
-    }
-    for (int64_t i = 0; i < m; ++i) {
-      const int32_t dj = d[pick[i]];
-      const int64_t slot = pos[dj]++;
-      out_d[slot] = dj;
-      out_i[slot] = base + r[pick[i]];
-    }
+    return m;
   }
+
+#ifdef NHL_RECORDS_AVX512
+  // pick_records 64 records at a time, branch-free: the mask of d < t, plus the first `need`
+  // set bits of the mask of d == t (pdep finds the last one), compress-stored as indices.
+  NHL_TARGET_AVX512 static int64_t pick_avx512(const uint8_t* d, int64_t n, int32_t t, int64_t need, uint32_t* pick) {
+    if (t > 255) return pick_records(d, n, t, need, pick);  // uint8 lanes: every record is below t
+    const __m512i tv = _mm512_set1_epi8(static_cast<char>(t));
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    int64_t m = 0;
+    for (int64_t j = 0; j < n; j += 64) {
+      const __mmask64 valid = n - j >= 64 ? ~__mmask64(0) : (__mmask64(1) << (n - j)) - 1;
+      const __m512i v = _mm512_maskz_loadu_epi8(valid, d + j);
+      const uint64_t lt = _mm512_mask_cmplt_epu8_mask(valid, v, tv), eq = _mm512_mask_cmpeq_epu8_mask(valid, v, tv);
+      const int64_t take = std::min<int64_t>(__builtin_popcountll(eq), need);
+      need -= take;
+      const uint64_t last = take ? _pdep_u64(uint64_t(1) << (take - 1), eq) : 0;  // the take-th set bit
+      const uint64_t keep = lt | (eq & ((last << 1) - 1) & -uint64_t(take > 0));
+      for (int c = 0; c < 4; ++c) {
+        const __mmask16 k16 = static_cast<__mmask16>(keep >> (16 * c));
+        _mm512_storeu_si512(pick + m, _mm512_maskz_compress_epi32(
+                                          k16, _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(j + 16 * c)))));
+        m += __builtin_popcount(k16);
+      }
+    }
+    return m;
+  }
+#endif
 };
 
 }  // namespace nhl
