@@ -9,6 +9,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "cpu/engine_checks.h"
 #include "kernels/topk_scan.h"
 
@@ -93,6 +97,21 @@ static void topk_run(const at::Tensor& q, const at::Tensor& db, int64_t k, const
   }
 }
 
+// Large outputs are fresh memory, written once in scattered order: with 4 KiB pages the first
+// touches cost one fault each (15k for 60 MB, a sizable part of a multi-length call). Asking
+// for transparent huge pages on the 2 MiB-aligned inside of the buffer cuts that ~500x; a
+// no-op where THP is off or unsupported.
+static void huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr()), end = p + t.nbytes();
+  const uintptr_t a = (p + kHuge - 1) & ~(kHuge - 1), b = end & ~(kHuge - 1);
+  if (b > a) madvise(reinterpret_cast<void*>(a), b - a, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Tensor& db_in, int64_t k,
                                             at::IntArrayRef bits) {
   check_query_database(q_in, db_in, bits, "topk");
@@ -104,6 +123,8 @@ std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Te
   at::Tensor out_d = at::empty({L, Q, k}, q.options().dtype(at::kInt));
   at::Tensor out_i = at::empty({L, Q, k}, q.options().dtype(at::kLong));
   if (Q == 0) return {out_d, out_i};
+  huge_pages(out_d);
+  huge_pages(out_i);
   // Records hold uint8 distances and uint32 row offsets, and L-bit masks.
   if (L <= 64 && plan.max_bits() <= 255 && N <= int64_t(UINT32_MAX))
     topk_run<RecordLists>(q, db, k, plan, out_d, out_i);
