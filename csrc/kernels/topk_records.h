@@ -160,20 +160,24 @@ struct RecordLists : LengthThresholds {
   NHL_TARGET_AVX512 uint64_t offer_lanes_avx512(int64_t qi, const uint8_t* dist, uint64_t lanes, int64_t row0,
                                                 int64_t row1) {
     const int hits = __builtin_popcountll(lanes);
+    const int64_t n = nrec[qi] + hits > cap ? compact(qi) : nrec[qi];  // cap >= L k + 64
     const int32_t* th = thresh.data() + qi * L;
     int64_t* bl = below.data() + qi * L;
-    uint64_t full = 0;
-    for (int l = 0; l < L; ++l)  // below the threshold: counted now (see offer_lanes)
-      full |= uint64_t((bl[l] += __builtin_popcountll(_mm512_mask_cmplt_epu8_mask(
-                            lanes, _mm512_loadu_si512(dist + l * 64),
-                            _mm512_set1_epi8(static_cast<char>(std::min(th[l], 255)))))) >= k)
-              << l;
-    const int64_t n = nrec[qi] + hits > cap ? compact(qi) : nrec[qi];  // cap >= L k + 64
     uint8_t* rd = dists_of(qi, 0) + n;
     const int nl = L;
     const int64_t stride = seg;
-    for (int l = 0; l < nl; ++l)
-      _mm512_storeu_si512(rd + l * stride, _mm512_maskz_compress_epi8(lanes, _mm512_loadu_si512(dist + l * 64)));
+    uint64_t full = 0;
+    for (int l = 0; l < nl; ++l) {
+      // Two 32-byte loads: the filter just stored these halves, and one 64-byte load spanning
+      // two stores cannot be forwarded from the store buffer (a ~20-cycle stall per length).
+      const __m256i* half = reinterpret_cast<const __m256i*>(dist + l * 64);
+      const __m512i d = _mm512_permutex2var_epi64(_mm512_castsi256_si512(_mm256_load_si256(half)),
+                                                  _mm512_set_epi64(11, 10, 9, 8, 3, 2, 1, 0),
+                                                  _mm512_castsi256_si512(_mm256_load_si256(half + 1)));
+      const __mmask64 in = _mm512_mask_cmplt_epu8_mask(lanes, d, _mm512_set1_epi8(static_cast<char>(std::min(th[l], 255))));
+      full |= uint64_t((bl[l] += __builtin_popcountll(in)) >= k) << l;  // counted now (see offer_lanes)
+      _mm512_storeu_si512(rd + l * stride, _mm512_maskz_compress_epi8(lanes, d));
+    }
     uint32_t* r = rows_of(qi) + n;
     const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     for (int c = 0; c < 4; ++c) {  // lanes 16c..16c+15: rows (c < 2 ? row0 : row1) + lane
