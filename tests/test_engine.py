@@ -197,6 +197,29 @@ def test_topk_sampled_start_thresholds():
         check_topk("cpp", "cpu", q, db, k, (8, 16, 32, 64, 100, 128))
 
 
+@pytest.mark.parametrize("no_avx512", ["0", "1"])
+def test_topk_record_paths(no_avx512, monkeypatch):
+    """Both record-append paths of the C++ scan (AVX-512 compress where the CPU has it; AVX2 with
+    NHL_TOPK_NO_AVX512=1): heavy ties, k = 1 and k = N, 64 lengths, lengths ending mid-nibble,
+    a 255-bit length (uint8 distances at the limit), the database split for one query, and
+    the sampled warm start with its rescan fallback."""
+    monkeypatch.setenv("NHL_TOPK_NO_AVX512", no_avx512)
+    q, db = packed(5, 128, seed=21), packed(3000, 128, 4, seed=22)
+    q[0] = db[7]
+    for k in (1, 64, 3000):
+        check_topk("cpp", "cpu", q, db, k, (8, 16, 32, 64, 128))
+    check_topk("cpp", "cpu", q, db, 40, tuple(range(2, 129, 2)))
+    check_topk("cpp", "cpu", q, db, 25, (3, 9, 22, 67, 101, 127))
+    q4, db4 = packed(3, 256, seed=23), packed(500, 256, 6, seed=24)
+    for k in (9, 500):
+        check_topk("cpp", "cpu", q4[:, :4], db4[:, :4], k, (64, 200, 255))
+    big_q, big_db = packed(4, 128, seed=25), packed(40_000, 128, 200, seed=26)
+    big_q[1] = big_db[40]
+    for k in (1, 700, 9000):
+        check_topk("cpp", "cpu", big_q, big_db, k, (8, 16, 32, 64, 128))  # warm start (>= 32768 rows)
+        check_topk("cpp", "cpu", big_q[:1], big_db, k, (8, 16, 32, 64, 128))  # one query: split + merge
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     Q=st.integers(1, 9),

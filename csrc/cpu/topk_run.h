@@ -44,7 +44,7 @@ void topk_run(const TopkScanArgs& args, int64_t Q, int64_t N, int64_t k, Sink& s
   if (Q < 2 * threads) parts = std::max<int64_t>(1, std::min((2 * threads + Q - 1) / Q, N / 16384));
   const int64_t list_bytes =
       std::is_same<Lists, RecordLists>::value
-          ? RecordLists::bytes_per_query(k, L, plan.max_bits())
+          ? RecordLists::bytes_per_query(k, L)
           : static_cast<int64_t>(L) * (std::max<int64_t>(2 * k, k + 16) * 12 + (plan.max_bits() + 1) * 4);
   const int64_t qb_max = std::clamp<int64_t>((int64_t(4) << 20) / list_bytes, 1, 256);
   int64_t blocks = std::max((Q + qb_max - 1) / qb_max, (threads + parts - 1) / parts);

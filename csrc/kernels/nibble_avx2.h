@@ -128,24 +128,33 @@ inline uint32_t hit_lanes(__m256i hit) {
 
 // Lanes of two consecutive 32-code groups (g0, g1: 16 * WU vectors each) where SOME length's
 // distance is below that length's threshold (thresh[l] = 32 copies of the uint8 threshold).
-// Returns the 64-lane mask, group g0 in the low half.
+// Returns the 64-lane mask, group g0 in the low half. Every length's distances are left in
+// dist[l * 64 + lane] (same lane order): the caller keeps the hits' distances without
+// recomputing them (two stores per length, next to 2 * 16 * WU shuffles and adds).
 template <int WU>
 inline uint64_t filter_two_groups(const uint8_t* g0, const uint8_t* g1, const QueryTables<WU>& qt,
-                                  const UnitPlan& plan, const uint8_t* thresh) {
+                                  const UnitPlan& plan, const uint8_t* thresh, uint8_t* dist) {
   constexpr int U = 16 * WU;
   __m256i run0 = _mm256_setzero_si256(), run1 = run0, hit0 = run0, hit1 = run0;
   int l = 0;
   const int L = plan.L;
   const uint32_t full_at = plan.full_at, part_at = plan.part_at;
   auto vec = [](const uint8_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); };
+  auto store = [](uint8_t* p, __m256i d0, __m256i d1) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(p), d0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(p + kLanes), d1);
+  };
 #pragma GCC unroll 32
   for (int u = 0; u < U; ++u) {
     const __m256i nib0 = vec(g0 + u * kLanes), nib1 = vec(g1 + u * kLanes);
     if (__builtin_expect((part_at >> u) & 1, 0)) {  // lengths ending inside this unit (rare)
       for (; l < L && plan.unit[l] == u && plan.rest[l]; ++l) {
         const __m256i lut = vec(qt.part_lut[l]), t = vec(thresh + l * kLanes);
-        hit0 = _mm256_or_si256(hit0, _mm256_subs_epu8(t, _mm256_add_epi8(run0, _mm256_shuffle_epi8(lut, nib0))));
-        hit1 = _mm256_or_si256(hit1, _mm256_subs_epu8(t, _mm256_add_epi8(run1, _mm256_shuffle_epi8(lut, nib1))));
+        const __m256i d0 = _mm256_add_epi8(run0, _mm256_shuffle_epi8(lut, nib0));
+        const __m256i d1 = _mm256_add_epi8(run1, _mm256_shuffle_epi8(lut, nib1));
+        store(dist + l * 2 * kLanes, d0, d1);
+        hit0 = _mm256_or_si256(hit0, _mm256_subs_epu8(t, d0));
+        hit1 = _mm256_or_si256(hit1, _mm256_subs_epu8(t, d1));
       }
       if (l == L) break;
     }
@@ -154,6 +163,7 @@ inline uint64_t filter_two_groups(const uint8_t* g0, const uint8_t* g1, const Qu
     run1 = _mm256_add_epi8(run1, _mm256_shuffle_epi8(lut, nib1));
     if ((full_at >> u) & 1) {  // the length ending exactly here: subs(t, d) > 0 where d < t
       const __m256i t = vec(thresh + l * kLanes);
+      store(dist + l * 2 * kLanes, run0, run1);
       hit0 = _mm256_or_si256(hit0, _mm256_subs_epu8(t, run0));
       hit1 = _mm256_or_si256(hit1, _mm256_subs_epu8(t, run1));
       if (++l == L) break;

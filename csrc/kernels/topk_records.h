@@ -4,10 +4,9 @@
 // 5 lengths that is up to 5 scattered (int32, int64) writes and a data-dependent branch per
 // length. Here a row that passes ANY length's threshold is stored once, as a record (uint32
 // row offset + one uint8 distance per length); during the scan each (query, length) only
-// keeps its histogram, count below the threshold and the threshold itself (the exact k-th
-// best distance so far, updated from the histogram as in CandidateLists). The per-length top
-// k is selected from the records at the end. Records are appended in increasing row order, so
-// the tie rule (lower index first) holds for free.
+// keeps its threshold t (the exact k-th best distance so far) and `below`, the number of
+// records with d < t. The per-length top k is selected from the records at the end. Records
+// are appended in increasing row order, so the tie rule (lower index first) holds for free.
 //
 // Why a record may be reused for a length that did not accept it: for length l with final
 // threshold t, every record with d_l < t was accepted by l (thresholds only fall), and the
@@ -15,10 +14,15 @@
 // at d_l == t means t had already fallen there). So "all d_l < t, then the first k - below
 // at d_l == t, in record order" is exactly l's top k. Compaction (when the list reaches cap)
 // drops records that no length keeps by that same rule, bounding a query to cap records.
+// The same facts make `below` a function of the records alone (the records with d_l < t_l:
+// all held, none dropped), so no histogram is kept: when below reaches k, t falls by counting
+// the records at the next distance down (a SIMD pass; thresholds fall rarely), and a scan
+// step's lanes are counted at once by a popcount.
 // Needs distances <= 255 (bits <= 255) and fewer than 2^32 rows per scan.
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -29,26 +33,57 @@
 
 namespace nhl {
 
-struct RecordLists : LengthThresholds<int64_t> {
+#if defined(__AVX2__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define NHL_RECORDS_AVX512 1
+#define NHL_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vbmi2,bmi2")))
+#endif
+
+// Whether RecordLists appends a scan step with AVX-512 compress stores (BW + VBMI2, detected
+// at run time; the build itself targets AVX2). NHL_TOPK_NO_AVX512=1 forces the AVX2 path, so
+// tests cover both on one machine.
+inline bool records_avx512() {
+#ifdef NHL_RECORDS_AVX512
+  static const bool cpu = [] {
+    __builtin_cpu_init();  // in a shared library the detection may not have run yet
+    return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi2");
+  }();
+  const char* off = std::getenv("NHL_TOPK_NO_AVX512");
+  return cpu && !(off && *off && *off != '0');
+#else
+  return false;
+#endif
+}
+
+struct RecordLists : LengthThresholds {
   int64_t cap = 0, base = 0;    // base: the scan's first row (records hold row - base)
+  int64_t seg = 0;              // cap + 64: slack for whole-vector stores past the last record
+  bool wide = false;            // append with AVX-512 compress stores (offer_lanes)
   std::vector<int64_t> nrec;    // per query: records held
-  std::vector<uint32_t> rows;   // (nq, cap) row offsets
-  std::vector<uint8_t> dists;   // (nq, L, cap) distances: per length contiguous (SIMD emit)
+  std::vector<uint32_t> rows;   // (nq, seg) row offsets
+  std::vector<uint8_t> dists;   // (nq, L, seg) distances: per length contiguous (SIMD passes)
+  std::vector<uint32_t> picks;  // emit_sorted: the records it takes
+
+  uint32_t* rows_of(int64_t qi) { return rows.data() + qi * seg; }
+  const uint32_t* rows_of(int64_t qi) const { return rows.data() + qi * seg; }
+  uint8_t* dists_of(int64_t qi, int l) { return dists.data() + (qi * L + l) * seg; }
+  const uint8_t* dists_of(int64_t qi, int l) const { return dists.data() + (qi * L + l) * seg; }
 
   // Bytes one query needs (for sizing query blocks).
-  static int64_t bytes_per_query(int64_t k, int L, int bmax) {
-    return default_cap(k, L) * (4 + L) + int64_t(L) * (bmax + 1) * 8;
-  }
-  // After compaction at most L * k records remain, so cap = 2 L k makes compaction O(L) per record.
+  static int64_t bytes_per_query(int64_t k, int L) { return default_cap(k, L) * (4 + L) + int64_t(L) * 16; }
+  // After compaction at most L * k records remain, so cap = 2 L k makes compaction O(L) per
+  // record; cap >= L k + 64 leaves room for a whole scan step (offer_lanes).
   static int64_t default_cap(int64_t k, int L) { return std::max<int64_t>(2 * L * k, L * k + 64); }
 
   void reset(int64_t nq_, int64_t k_, const std::vector<int>& bits, int64_t cap_ = 0, int64_t base_ = 0) {
     reset_thresholds(nq_, k_, bits);
     base = base_;
-    cap = cap_ > L * k ? cap_ : default_cap(k, L);
-    if (rows.size() < static_cast<size_t>(nq * cap)) rows.resize(nq * cap);
-    if (dists.size() < static_cast<size_t>(nq * cap * L)) dists.resize(nq * cap * L);
+    cap = cap_ > 0 ? std::max(cap_, L * k + 64) : default_cap(k, L);
+    seg = cap + 64;
+    wide = records_avx512();
+    if (rows.size() < static_cast<size_t>(nq * seg)) rows.resize(nq * seg);
+    if (dists.size() < static_cast<size_t>(nq * seg * L)) dists.resize(nq * seg * L);
     nrec.assign(nq, 0);
+    picks.resize(cap + 16);  // + a whole-vector store
   }
 
   // Empty query qi (all lengths), thresholds back to "anything enters".
@@ -60,35 +95,134 @@ struct RecordLists : LengthThresholds<int64_t> {
   // Offer row j (above every row offered before for this query) with its distances dist[0..L)
   // to query qi. Returns the mask of lengths whose threshold dropped. L <= 64.
   uint64_t offer(int64_t qi, const int32_t* dist, int64_t j) {
-    int32_t* th = thresh.data() + qi * L;
-    uint64_t pass = 0;
-    for (int l = 0; l < L; ++l) pass |= uint64_t(dist[l] < th[l]) << l;
-    if (!pass) return 0;
-    int64_t& n = nrec[qi];
-    if (n == cap) n = compact(qi);
-    rows[qi * cap + n] = static_cast<uint32_t>(j - base);
-    uint8_t* rd = dists.data() + qi * L * cap + n;
-    ++n;
-    for (int l = 0; l < L; ++l) rd[l * cap] = static_cast<uint8_t>(dist[l]);
-    // Histograms only of the accepting lengths (usually one): touching all L would cost L
-    // cache lines per record.
-    uint64_t lowered = 0;
-    for (uint64_t m = pass; m; m &= m - 1) {
-      const int l = __builtin_ctzll(m);
-      const int64_t list = qi * L + l;
-      int64_t* h = hist.data() + list * hist_stride;
-      ++h[dist[l]];
-      int64_t c = below[list] + 1;
-      if (c >= k) {  // lower t to the smallest distance with >= k items at or below it
-        int32_t t = th[l];
-        do c -= h[--t];
-        while (c >= k);
-        th[l] = t;
-        lowered |= uint64_t(1) << l;
-      }
-      below[list] = c;
+    const int32_t* th = thresh.data() + qi * L;
+    uint64_t pass = 0, full = 0;
+    for (int l = 0; l < L; ++l) {
+      const bool in = dist[l] < th[l];
+      pass |= uint64_t(in) << l;
+      full |= uint64_t((below[qi * L + l] += in) >= k) << l;
     }
-    return lowered;
+    if (!pass) return 0;
+    const int64_t n = nrec[qi] == cap ? compact(qi) : nrec[qi];
+    rows_of(qi)[n] = static_cast<uint32_t>(j - base);
+    for (int l = 0; l < L; ++l) dists_of(qi, l)[n] = static_cast<uint8_t>(dist[l]);
+    nrec[qi] = n + 1;
+    for (uint64_t m = full; m; m &= m - 1) lower(qi, __builtin_ctzll(m));
+    return full;
+  }
+
+#if defined(__AVX2__)
+  // Offer the rows of the set bits of `lanes` (a 64-lane scan step: lane < 32 is row row0 + lane,
+  // else row1 + lane), each passing some length's threshold, with their distances
+  // dist[l * 64 + lane]. Returns the mask of lengths whose threshold dropped. Every lane is
+  // judged against the thresholds at the step's start, as the scan's filter did: a threshold
+  // that would have dropped within the step only lets a few more records in, and each length
+  // still accepts exactly the rows below its running threshold (header).
+  uint64_t offer_lanes(int64_t qi, const uint8_t* dist, uint64_t lanes, int64_t row0, int64_t row1) {
+#ifdef NHL_RECORDS_AVX512
+    if (wide) return offer_lanes_avx512(qi, dist, lanes, row0, row1);
+#endif
+    const int32_t* th = thresh.data() + qi * L;
+    int64_t* bl = below.data() + qi * L;
+    uint64_t full = 0;
+    const __m256i zero = _mm256_setzero_si256();
+    for (int l = 0; l < L; ++l) {  // per length: how many lanes are below its threshold
+      const __m256i t = _mm256_set1_epi8(static_cast<char>(std::min(th[l], 255)));
+      auto in = [&](const uint8_t* p) {  // subs(t, d) > 0 where d < t
+        const __m256i d = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+        return ~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_subs_epu8(t, d), zero)));
+      };
+      const uint64_t m = (uint64_t(in(dist + l * 64)) | uint64_t(in(dist + l * 64 + 32)) << 32) & lanes;
+      full |= uint64_t((bl[l] += __builtin_popcountll(m)) >= k) << l;
+    }
+    int64_t n = nrec[qi] + __builtin_popcountll(lanes) > cap ? compact(qi) : nrec[qi];  // cap >= L k + 64
+    uint32_t* r = rows_of(qi);
+    uint8_t* rd = dists_of(qi, 0);
+    row0 -= base, row1 -= base;
+    const int nl = L;  // locals: the byte stores below may alias any member
+    const int64_t stride = seg;
+    for (; lanes; lanes &= lanes - 1, ++n) {
+      const int lane = __builtin_ctzll(lanes);
+      r[n] = static_cast<uint32_t>((lane < 32 ? row0 : row1) + lane);
+      const uint8_t* from = dist + lane;
+      uint8_t* to = rd + n;
+      for (int l = 0; l < nl; ++l, from += 64, to += stride) *to = *from;
+    }
+    nrec[qi] = n;
+    for (uint64_t m = full; m; m &= m - 1) lower(qi, __builtin_ctzll(m));
+    return full;
+  }
+#endif
+
+#ifdef NHL_RECORDS_AVX512
+  // offer_lanes with one 64-lane compress per length and four for the rows: no per-record
+  // loop, so no branch on how many lanes hit. Stores write whole vectors (seg = cap + 64).
+  NHL_TARGET_AVX512 uint64_t offer_lanes_avx512(int64_t qi, const uint8_t* dist, uint64_t lanes, int64_t row0,
+                                                int64_t row1) {
+    const int hits = __builtin_popcountll(lanes);
+    const int64_t n = nrec[qi] + hits > cap ? compact(qi) : nrec[qi];  // cap >= L k + 64
+    const int32_t* th = thresh.data() + qi * L;
+    int64_t* bl = below.data() + qi * L;
+    uint8_t* rd = dists_of(qi, 0) + n;
+    const int nl = L;
+    const int64_t stride = seg;
+    uint64_t full = 0;
+    for (int l = 0; l < nl; ++l) {
+      // Two 32-byte loads: the filter just stored these halves, and one 64-byte load spanning
+      // two stores cannot be forwarded from the store buffer (a ~20-cycle stall per length).
+      const __m256i* half = reinterpret_cast<const __m256i*>(dist + l * 64);
+      const __m512i d = _mm512_permutex2var_epi64(_mm512_castsi256_si512(_mm256_load_si256(half)),
+                                                  _mm512_set_epi64(11, 10, 9, 8, 3, 2, 1, 0),
+                                                  _mm512_castsi256_si512(_mm256_load_si256(half + 1)));
+      const __mmask64 in = _mm512_mask_cmplt_epu8_mask(lanes, d, _mm512_set1_epi8(static_cast<char>(std::min(th[l], 255))));
+      full |= uint64_t((bl[l] += __builtin_popcountll(in)) >= k) << l;  // counted now (see offer_lanes)
+      _mm512_storeu_si512(rd + l * stride, _mm512_maskz_compress_epi8(lanes, d));
+    }
+    uint32_t* r = rows_of(qi) + n;
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    for (int c = 0; c < 4; ++c) {  // lanes 16c..16c+15: rows (c < 2 ? row0 : row1) + lane
+      const __mmask16 m = static_cast<__mmask16>(lanes >> (16 * c));
+      const int64_t first = (c < 2 ? row0 : row1) - base + 16 * c;
+      _mm512_storeu_si512(r, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(first)))));
+      r += __builtin_popcount(m);
+    }
+    nrec[qi] = n + hits;
+    for (uint64_t m = full; m; m &= m - 1) lower(qi, __builtin_ctzll(m));
+    return full;
+  }
+#endif
+
+  // Records of query qi at distance v for length l.
+  int64_t count_at(int64_t qi, int l, int v) const {
+    const uint8_t* d = dists_of(qi, l);
+    const int64_t n = nrec[qi];
+    int64_t c = 0, j = 0;
+#if defined(__AVX2__)
+    const __m256i vv = _mm256_set1_epi8(static_cast<char>(v));
+    for (; j + 32 <= n; j += 32)
+      c += __builtin_popcount(static_cast<uint32_t>(
+          _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + j)), vv))));
+#endif
+    for (; j < n; ++j) c += d[j] == v;
+    return c;
+  }
+
+  // Length l of query qi has below >= k: lower t to the k-th best distance of its records (the
+  // smallest t with below(t) < k). Usually one step down; several take one counting pass.
+  void lower(int64_t qi, int l) {
+    const int64_t list = qi * L + l;
+    int32_t t = thresh[list] - 1;
+    int64_t c = below[list] - count_at(qi, l, t);
+    if (c >= k) {
+      const uint8_t* d = dists_of(qi, l);
+      int64_t* h = scratch.data();  // h[t] collects every distance >= t
+      std::fill(h, h + t + 1, 0);
+      for (int64_t j = 0, n = nrec[qi]; j < n; ++j) ++h[std::min<int32_t>(d[j], t)];
+      do c -= h[--t];
+      while (c >= k);
+    }
+    thresh[list] = t;
+    below[list] = c;
   }
 
   // One stable pass keeping the records some length still needs; returns how many.
@@ -96,18 +230,18 @@ struct RecordLists : LengthThresholds<int64_t> {
     int64_t need[64];
     const int32_t* th = thresh.data() + qi * L;
     for (int l = 0; l < L; ++l) need[l] = k - below[qi * L + l];
-    uint32_t* r = rows.data() + qi * cap;
-    uint8_t* d = dists.data() + qi * L * cap;
+    uint32_t* r = rows_of(qi);
+    uint8_t* d = dists_of(qi, 0);
     const int64_t n = nrec[qi];
     int64_t out = 0;
     for (int64_t j = 0; j < n; ++j) {
       int64_t keep = 0;
       for (int l = 0; l < L; ++l) {
-        const int32_t dl = d[l * cap + j];
+        const int32_t dl = d[l * seg + j];
         const int64_t at = (dl == th[l]) & (need[l] > 0);
         need[l] -= at;
         keep |= (dl < th[l]) | at;
-        d[l * cap + out] = static_cast<uint8_t>(dl);
+        d[l * seg + out] = static_cast<uint8_t>(dl);
       }
       r[out] = r[j];
       out += keep;
@@ -121,8 +255,8 @@ struct RecordLists : LengthThresholds<int64_t> {
     const int l = static_cast<int>(list % L);
     const int32_t t = thresh[list];
     int64_t need = k - below[list], out = 0;
-    const uint32_t* r = rows.data() + qi * cap;
-    const uint8_t* d = dists.data() + (qi * L + l) * cap;
+    const uint32_t* r = rows_of(qi);
+    const uint8_t* d = dists_of(qi, l);
     const int64_t n = nrec[qi];
     for (int64_t j = 0; j < n && out < k; ++j) {
       const int32_t dj = d[j];
@@ -135,28 +269,48 @@ struct RecordLists : LengthThresholds<int64_t> {
     return out;
   }
 
-  // Length l's best min(k, offered) items of query qi sorted (distance, then index), in one
-  // pass: every record with d < t was accepted, so the histogram gives each distance's first
-  // output slot (a counting sort without the count pass); stable, as records are in row order.
+  // Length l's best min(k, offered) items of query qi sorted (distance, then index): the
+  // records it takes (all d < t, the first k - below at d == t) in record order, counted per
+  // distance, then placed by a stable counting sort.
   void emit_sorted(int64_t list, int32_t* out_d, int64_t* out_i) {
     const int64_t qi = list / L;
     const int l = static_cast<int>(list % L);
     const int32_t t = thresh[list];
+    const uint32_t* r = rows_of(qi);
+    const uint8_t* d = dists_of(qi, l);
+    uint32_t* pick = picks.data();
+#ifdef NHL_RECORDS_AVX512
+    const int64_t m = wide ? pick_avx512(d, nrec[qi], t, k - below[list], pick) : pick_records(d, nrec[qi], t, k - below[list], pick);
+#else
+    const int64_t m = pick_records(d, nrec[qi], t, k - below[list], pick);
+#endif
     int64_t* pos = scratch.data();
-    const int64_t* h = hist.data() + list * hist_stride;
-    pos[0] = 0;
-    for (int v = 0; v < t && v <= max_d[l]; ++v) pos[v + 1] = pos[v] + h[v];
-    int64_t need = k - below[list];
-    const uint32_t* r = rows.data() + qi * cap;
-    const uint8_t* d = dists.data() + (qi * L + l) * cap;
-    const int64_t n = nrec[qi];
-    auto take = [&](int64_t j) {
-      const int32_t dj = d[j];
-      if (dj > t || (dj == t && need == 0)) return;
-      need -= dj == t;
+    std::fill(pos, pos + t + 1, 0);
+    for (int64_t i = 0; i < m; ++i) ++pos[d[pick[i]]];
+    int64_t at = 0;  // pos[v]: the first output slot of distance v
+    for (int v = 0; v <= t && v <= max_d[l]; ++v) {
+      const int64_t c = pos[v];
+      pos[v] = at;
+      at += c;
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t dj = d[pick[i]];
       const int64_t slot = pos[dj]++;
       out_d[slot] = dj;
-      out_i[slot] = base + r[j];
+      out_i[slot] = base + r[pick[i]];
+    }
+  }
+
+  // The records (of n, distances d) a length with threshold t takes: every d < t and the first
+  // `need` at d == t, in record order, into pick; returns how many.
+  static int64_t pick_records(const uint8_t* d, int64_t n, int32_t t, int64_t need, uint32_t* pick) {
+    int64_t m = 0;
+    auto take = [&](int64_t j) {  // branch-free: at d == t, whether `need` is left is data-dependent
+      const int32_t dj = d[j];
+      const int64_t in = (dj < t) | ((dj == t) & (need > 0));
+      need -= (dj == t) & in;
+      pick[m] = static_cast<uint32_t>(j);
+      m += in;
     };
     int64_t j = 0;
 #if defined(__AVX2__)
@@ -164,12 +318,41 @@ struct RecordLists : LengthThresholds<int64_t> {
     const __m256i tv = _mm256_set1_epi8(static_cast<char>(std::min<int32_t>(t, 255)));
     for (; j + 32 <= n; j += 32) {
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + j));
-      uint32_t m = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_min_epu8(v, tv), v)));
-      for (; m; m &= m - 1) take(j + __builtin_ctz(m));
+      uint32_t bits = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_min_epu8(v, tv), v)));
+      for (; bits; bits &= bits - 1) take(j + __builtin_ctz(bits));
     }
 #endif
-    for (; j < n; ++j) take(j);
+    for (; j < n; ++j)
+      if (d[j] <= t) take(j);
+    return m;
   }
+
+#ifdef NHL_RECORDS_AVX512
+  // pick_records 64 records at a time, branch-free: the mask of d < t, plus the first `need`
+  // set bits of the mask of d == t (pdep finds the last one), compress-stored as indices.
+  NHL_TARGET_AVX512 static int64_t pick_avx512(const uint8_t* d, int64_t n, int32_t t, int64_t need, uint32_t* pick) {
+    if (t > 255) return pick_records(d, n, t, need, pick);  // uint8 lanes: every record is below t
+    const __m512i tv = _mm512_set1_epi8(static_cast<char>(t));
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    int64_t m = 0;
+    for (int64_t j = 0; j < n; j += 64) {
+      const __mmask64 valid = n - j >= 64 ? ~__mmask64(0) : (__mmask64(1) << (n - j)) - 1;
+      const __m512i v = _mm512_maskz_loadu_epi8(valid, d + j);
+      const uint64_t lt = _mm512_mask_cmplt_epu8_mask(valid, v, tv), eq = _mm512_mask_cmpeq_epu8_mask(valid, v, tv);
+      const int64_t take = std::min<int64_t>(__builtin_popcountll(eq), need);
+      need -= take;
+      const uint64_t last = take ? _pdep_u64(uint64_t(1) << (take - 1), eq) : 0;  // the take-th set bit
+      const uint64_t keep = lt | (eq & ((last << 1) - 1) & -uint64_t(take > 0));
+      for (int c = 0; c < 4; ++c) {
+        const __mmask16 k16 = static_cast<__mmask16>(keep >> (16 * c));
+        _mm512_storeu_si512(pick + m, _mm512_maskz_compress_epi32(
+                                          k16, _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(j + 16 * c)))));
+        m += __builtin_popcount(k16);
+      }
+    }
+    return m;
+  }
+#endif
 };
 
 }  // namespace nhl

@@ -65,7 +65,7 @@ struct NibbleScan {
   std::vector<uint8_t> tile_raw, thr_raw;
   uint8_t *tile, *thr;  // 32-byte aligned
   std::vector<avx2::QueryTables<WU>> qt;
-  std::vector<int32_t> dist;
+  alignas(32) uint8_t dist[64 * 2 * avx2::kLanes];  // one step's distances, per length (filter_two_groups)
   int64_t first[kGroups];
   int size[kGroups];
 
@@ -74,7 +74,7 @@ struct NibbleScan {
   }
   NibbleScan(const TopkScanArgs& args, const avx2::UnitPlan& plan, int64_t q0_, int64_t q1, int L_)
       : a(args), up(plan), q0(q0_), nq(q1 - q0_), L(L_), tile_raw(kGroups * U * avx2::kLanes + 32),
-        thr_raw(nq * L * avx2::kLanes + 32), qt(nq), dist(L) {
+        thr_raw(nq * L * avx2::kLanes + 32), qt(nq) {
     tile = align32(tile_raw);
     thr = align32(thr_raw);
     for (int64_t qi = 0; qi < nq; ++qi) qt[qi].init(a.q + (q0 + qi) * a.W, up);
@@ -85,7 +85,8 @@ struct NibbleScan {
   void refresh(const Lists& lists, int64_t qi, uint64_t which) {
     for (; which; which &= which - 1) {
       const int l = __builtin_ctzll(which);
-      std::memset(thr + (qi * L + l) * avx2::kLanes, std::min(lists.thresh[qi * L + l], 255), avx2::kLanes);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(thr + (qi * L + l) * avx2::kLanes),
+                         _mm256_set1_epi8(static_cast<char>(std::min(lists.thresh[qi * L + l], 255))));
     }
   }
   template <class Lists>
@@ -99,23 +100,17 @@ struct NibbleScan {
     using avx2::kLanes;
     for (int64_t g = 0; g < groups; ++g) avx2::transpose_group<WU>(a.db + first[g] * a.W, a.W, size[g], tile + g * U * kLanes);
     for (int64_t qi = qa; qi < qb; ++qi) {
-      const uint64_t* qrow = a.q + (q0 + qi) * a.W;
       const uint8_t* qthr = thr + qi * L * kLanes;
       for (int64_t g = 0; g < groups; g += 2) {  // two groups per step; a lone last group pairs with itself
         const int64_t g1 = std::min(g + 1, groups - 1);
-        uint64_t hits = avx2::filter_two_groups<WU>(tile + g * U * kLanes, tile + g1 * U * kLanes, qt[qi], up, qthr);
+        uint64_t hits =
+            avx2::filter_two_groups<WU>(tile + g * U * kLanes, tile + g1 * U * kLanes, qt[qi], up, qthr, dist);
         if (!hits) continue;
         const uint64_t m0 = size[g] == kLanes ? 0xFFFFFFFFull : (uint64_t(1) << size[g]) - 1;
         const uint64_t m1 = g1 == g ? 0 : size[g1] == kLanes ? 0xFFFFFFFFull : (uint64_t(1) << size[g1]) - 1;
         hits &= m0 | (m1 << 32);
-        uint64_t lowered = 0;
-        while (hits) {
-          const int lane = __builtin_ctzll(hits);
-          hits &= hits - 1;
-          const int64_t row = lane < kLanes ? first[g] + lane : first[g1] + lane - kLanes;
-          distances<WU>(qrow, a.db + row * a.W, *a.plan, dist.data());
-          lowered |= lists.offer(qi, dist.data(), row);
-        }
+        if (!hits) continue;
+        const uint64_t lowered = lists.offer_lanes(qi, dist, hits, first[g], first[g1] - kLanes);
         if (lowered) refresh(lists, qi, lowered);
       }
     }
@@ -183,6 +178,7 @@ inline void topk_scan_avx2(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_
     bool short_list = false;
     for (int l = 0; l < L; ++l) short_list |= start[qi * L + l] > 0 && lists.thresh[qi * L + l] == start[qi * L + l];
     if (!short_list) continue;
+    
     lists.reset_query(qi);
     scan.refresh(lists, qi, L == 64 ? ~uint64_t(0) : (uint64_t(1) << L) - 1);
     scan.scan_rows(n0, n1, qi, qi + 1, lists);

@@ -50,42 +50,35 @@ inline void sort_by_distance(const int32_t* d, const int64_t* idx, int64_t n, in
   }
 }
 
-// Per (query, length) running thresholds and distance histograms: the state both candidate
-// stores (CandidateLists here, RecordLists in topk_records.h) keep for the exact top-k.
-template <typename Count>
+// Per (query, length) running thresholds: the state both candidate stores (CandidateLists
+// here, RecordLists in topk_records.h) keep for the exact top-k.
 struct LengthThresholds {
   int64_t k = 0;
   int L = 0;
-  int64_t nq = 0, hist_stride = 0;
+  int64_t nq = 0;
   std::vector<int> max_d;        // per length: bits[l]
   std::vector<int32_t> thresh;   // per (query, length): the running k-th best distance (+1 before k items)
   std::vector<int64_t> below;    // below[list] = accepted items with d < thresh[list]
-  std::vector<Count> hist;       // per (query, length): counts of accepted distances
-  std::vector<int64_t> scratch;  // per-distance output slots for the final counting sort
+  std::vector<int64_t> scratch;  // bmax + 2 per-distance counts (selection, final counting sort)
 
   void reset_thresholds(int64_t nq_, int64_t k_, const std::vector<int>& bits) {
     nq = nq_;
     k = k_;
     L = static_cast<int>(bits.size());
     max_d = bits;
-    const int bmax = *std::max_element(bits.begin(), bits.end());
-    hist_stride = bmax + 1;
     const size_t lists = static_cast<size_t>(nq * L);
     below.assign(lists, 0);
-    hist.assign(lists * hist_stride, 0);
     thresh.resize(lists);
     for (int64_t i = 0; i < nq; ++i)
       for (int l = 0; l < L; ++l) thresh[i * L + l] = bits[l] + 1;
-    scratch.resize(static_cast<size_t>(bmax) + 2);
+    scratch.resize(static_cast<size_t>(*std::max_element(bits.begin(), bits.end())) + 2);
   }
 
   // Thresholds of query qi back to "anything enters".
   void reset_query_thresholds(int64_t qi) {
     for (int l = 0; l < L; ++l) {
-      const int64_t list = qi * L + l;
-      below[list] = 0;
-      thresh[list] = max_d[l] + 1;
-      std::fill(hist.begin() + list * hist_stride, hist.begin() + (list + 1) * hist_stride, 0);
+      below[qi * L + l] = 0;
+      thresh[qi * L + l] = max_d[l] + 1;
     }
   }
 };
@@ -98,13 +91,15 @@ struct LengthThresholds {
 // Items pushed out stay in the buffer until it reaches `cap`, when one stable pass keeps the k
 // best (all d < t, then the first k - below at d == t). Memory per list: cap pairs + b + 1
 // counts, cap = 2k by default, so compaction costs O(1) per accepted item.
-struct CandidateLists : LengthThresholds<int32_t> {
-  int64_t cap = 0;
-  std::vector<int32_t> dist;
+struct CandidateLists : LengthThresholds {
+  int64_t cap = 0, hist_stride = 0;
+  std::vector<int32_t> dist, hist;  // hist: per list, counts of accepted distances
   std::vector<int64_t> idx, count;
 
   void reset(int64_t nq_, int64_t k_, const std::vector<int>& bits, int64_t cap_ = 0, int64_t /*base: rows are stored whole*/ = 0) {
     reset_thresholds(nq_, k_, bits);
+    hist_stride = static_cast<int64_t>(scratch.size()) - 1;  // bmax + 1
+    hist.assign(nq * L * hist_stride, 0);
     cap = cap_ > k ? cap_ : std::max<int64_t>(2 * k, k + 16);
     const size_t lists = static_cast<size_t>(nq * L);
     if (dist.size() < lists * cap) {
@@ -118,6 +113,7 @@ struct CandidateLists : LengthThresholds<int32_t> {
   void reset_query(int64_t qi) {
     reset_query_thresholds(qi);
     for (int l = 0; l < L; ++l) count[qi * L + l] = 0;
+    std::fill(hist.begin() + qi * L * hist_stride, hist.begin() + (qi + 1) * L * hist_stride, 0);
   }
 
   int32_t* dist_of(int64_t list) { return dist.data() + list * cap; }
@@ -129,7 +125,6 @@ struct CandidateLists : LengthThresholds<int32_t> {
 
   // push() for an item already known to beat the list's threshold.
   bool accept(int64_t list, int32_t d, int64_t i) {
-    int32_t& t = thresh[list];
     int64_t& n = count[list];
     if (n == cap) n = compact(list);
     dist_of(list)[n] = d;
@@ -139,6 +134,7 @@ struct CandidateLists : LengthThresholds<int32_t> {
     ++h[d];
     int64_t& c = below[list];
     if (++c < k) return false;
+    int32_t& t = thresh[list];
     do c -= h[--t];  // lower t to the smallest distance with >= k items at or below it
     while (c >= k);
     return true;
@@ -180,6 +176,19 @@ struct CandidateLists : LengthThresholds<int32_t> {
       const int l = __builtin_ctzll(pass);
       pass &= pass - 1;
       lowered |= uint64_t(accept(qi * L + l, dist[l], j)) << l;
+    }
+    return lowered;
+  }
+
+  // offer() for each set bit of `lanes` (a 64-lane scan step; the interface of RecordLists):
+  // lane < 32 is row row0 + lane, else row1 + lane, with distances dist[l * 64 + lane].
+  uint64_t offer_lanes(int64_t qi, const uint8_t* dist, uint64_t lanes, int64_t row0, int64_t row1) {
+    int32_t d[64];
+    uint64_t lowered = 0;
+    for (; lanes; lanes &= lanes - 1) {
+      const int lane = __builtin_ctzll(lanes);
+      for (int l = 0; l < L; ++l) d[l] = dist[l * 64 + lane];
+      lowered |= offer(qi, d, (lane < 32 ? row0 : row1) + lane);
     }
     return lowered;
   }

@@ -179,11 +179,16 @@ static void test_topk_scan(std::mt19937_64& rng) {
       {{8, 16, 32, 64, 128}, 2, 2000, 40, 0},  {{5, 127}, 3, 97, 97, 0},
       {{8, 16, 32, 64, 128}, 4, 5000, 100, 0}, {{8, 16, 32, 64, 128}, 2, 4000, 60, 200},
       {{64}, 3, 3000, 500, 0},
+      // uint8 record distances up to 255 (thresholds of 256 while k = N), and 64 lengths
+      {{64, 200, 255}, 2, 150, 150, 0},        {{64, 200, 255}, 3, 300, 7, 3},
+      {[] { std::vector<int64_t> b; for (int i = 2; i <= 128; i += 2) b.push_back(i); return b; }(), 2, 700, 30, 5},
   };
   // warm: 0 = defaults (no sample on small N), 1 = sampled start thresholds, 2 = a sample
   // margin so small that lists come up short and their queries are rescanned (the fallback).
+  // records: 0 = CandidateLists, 1 = RecordLists (AVX2 appends), 2 = RecordLists with AVX-512
+  // compress appends where the CPU has them.
   for (const auto& c : cases)
-    for (int records = 0; records < 2; ++records)
+    for (int records = 0; records < 3; ++records)
     for (int cap_mode = 0; cap_mode < 2; ++cap_mode)
       for (int simd = 0; simd < 2; ++simd)
         for (int split = 0; split < 2; ++split)
@@ -191,6 +196,7 @@ static void test_topk_scan(std::mt19937_64& rng) {
           if (warm && !simd) continue;
           const int bmax = static_cast<int>(c.bits.back()), W = nhl::words_for_bits(bmax);
           if (records && bmax > 255) continue;  // uint8 record distances
+          if (records == 2 && !nhl::records_avx512()) continue;
           auto db = random_codes(rng, c.N, W * 64, c.distinct);
           auto qs = random_codes(rng, c.Q, W * 64, 0);
           if (c.distinct) qs[0] = db[c.N / 2];  // exact matches and ties at distance 0
@@ -226,6 +232,7 @@ static void test_topk_scan(std::mt19937_64& rng) {
             if (records) {
               nhl::RecordLists lists;
               lists.reset(c.Q, c.k, plan.bits, cap_mode ? int64_t(L) * c.k + 1 : 0, n0);
+              lists.wide = records == 2;
               scan_part(lists, n0, n1);
             } else {
               nhl::CandidateLists lists;
