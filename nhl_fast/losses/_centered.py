@@ -97,3 +97,12 @@ class CenteredLoss(HashLoss):
     def per_length_mean(self, e: Tensor) -> Tensor:
         """(B, ncols) elementwise loss -> (K,) mean over the batch and the bits of each length."""
         return self.avg.to(e.dtype) @ e.sum(0) / (e.shape[0] * self.bits_like(e))
+
+
+class QuantizedCenterLoss(CenteredLoss):
+    """A centre loss plus ``lambda_`` times a quantisation term (CSQ, MDSH): the same constructor."""
+
+    def __init__(self, bit_list, num_classes=None, num_train=None, lambda_: float = 1e-4,
+                 centers="per_length", seed: int = 0):
+        super().__init__(bit_list, num_classes=num_classes, num_train=num_train, centers=centers, seed=seed)
+        self.lambda_ = float(lambda_)

@@ -6,11 +6,11 @@ import torch.nn.functional as F
 
 from nhl_fast._dispatch import cpp_or_reference
 from nhl_fast.losses import register
-from nhl_fast.losses._centered import CenteredLoss
+from nhl_fast.losses._centered import QuantizedCenterLoss
 
 
 @register("csq")
-class CSQ(CenteredLoss):
+class CSQ(QuantizedCenterLoss):
     """L_k = mean_{i,j<b_k} BCE((tanh u_ij + 1)/2, (c_ij + 1)/2) + lambda_ mean (|tanh u_ij| - 1)^2, c = centre of y_i.
 
     Source: Yuan et al., "Central Similarity Quantization", CVPR 2020; DeepHash-pytorch CSQ.py, NHL bit_length/CSQ.py.
@@ -22,11 +22,6 @@ class CSQ(CenteredLoss):
     BCE-with-logits(2u) since (tanh u + 1)/2 = sigmoid(2u): equal to the reference wherever its
     float32 probabilities are not saturated (|u| < ~9), and finite beyond.
     """
-
-    def __init__(self, bit_list, num_classes=None, num_train=None, lambda_: float = 1e-4,
-                 centers="per_length", seed: int = 0):
-        super().__init__(bit_list, num_classes=num_classes, num_train=num_train, centers=centers, seed=seed)
-        self.lambda_ = float(lambda_)
 
     def forward(self, u, labels, indices=None):
         u, y, _ = self.prepare(u, labels, indices)

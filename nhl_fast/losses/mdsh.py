@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 
 from nhl_fast.losses import register
-from nhl_fast.losses._centered import CenteredLoss
+from nhl_fast.losses._centered import QuantizedCenterLoss
 
 
 @register("mdsh")
-class MDSH(CenteredLoss):
+class MDSH(QuantizedCenterLoss):
     """L_k = -mean_{i,c} [y_ic log p_ic + (1 - y_ic) log(1 - p_ic)] + lambda_ mean (|u| - 1)^2, p_i = softmax_c(sqrt(b_k) cos(u_i, h_c)), on b_k bits.
 
     Source: Wang et al., "Deep Hashing with Minimal-Distance-Separated Hash Centers", CVPR 2023; NHL bit_length/MDSH.py (lambda = 1e-4).
@@ -21,11 +21,6 @@ class MDSH(CenteredLoss):
     """
 
     center_method = "optimized"
-
-    def __init__(self, bit_list, num_classes=None, num_train=None, lambda_: float = 1e-4,
-                 centers="per_length", seed: int = 0):
-        super().__init__(bit_list, num_classes=num_classes, num_train=num_train, centers=centers, seed=seed)
-        self.lambda_ = float(lambda_)
 
     def forward(self, u, labels, indices=None):
         u, y, _ = self.prepare(u, labels, indices)
