@@ -5,7 +5,9 @@
 //   E = 2 (N_k - N_{k+1}) / B^2,  A = (E - N_k rowsum(E * N_k)) / r_k (E / r_k where r_k was clamped)
 //   dD_k/du[:, :b_k] = (A + A^T) u[:, :b_k]
 // The torch form is ~40 small ops (B x B elementwise passes, per-op overhead dominates at B <= 256);
-// here every B x B entry is visited in a few fused loops; the GEMMs stay at::addmm / at::mm.
+// here every B x B entry is visited in a few fused loops. The products (2M multiply-adds each at B = 128) cost
+// 5x their arithmetic as one BLAS call per length: float32 on AVX-512 CPUs takes kernels/gemm_avx512.h (all
+// prefix Grams in one pass), other types/CPUs the loops of prefix_grams and at::mm.
 #include <torch/all.h>
 #include <torch/library.h>
 
@@ -23,8 +25,8 @@ namespace nhl {
 namespace {
 
 // grams[k] = S_k = u[:, :b_k] u[:, :b_k]^T for every k, row by row: S_k's row i is S_{k-1}'s plus the block's
-// columns, four columns of u per pass over the row (one GEMM call per length cost 5x the arithmetic at B = 128:
-// the blocks are 8..64 wide). uT (b_max, B) is u transposed, so each pass reads rows.
+// columns, four columns of u per pass over the row (the portable path: one GEMM call per length costs more
+// at B <= 128, the blocks being 8..64 wide). uT (b_max, B) is u transposed, so each pass reads rows.
 template <typename T>
 void prefix_grams(const T* u, const T* uT, int64_t B, int64_t width, at::IntArrayRef bits, T* grams) {
   const int64_t K = static_cast<int64_t>(bits.size());
