@@ -53,7 +53,9 @@ SHAPES = [(1, 7), (12, 24), (40, 3), (70, 5), (128, 2048)]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("relax", [False, True])
 @pytest.mark.parametrize("faithful", [False, True])
-def test_nhl_objective_matches_spec(batch, n_in, dtype, relax, faithful):
+@pytest.mark.parametrize("kernels", ["default", "generic"])
+def test_nhl_objective_matches_spec(batch, n_in, dtype, relax, faithful, kernels, monkeypatch):
+    monkeypatch.setenv("NHL_OBJECTIVE_KERNELS", kernels)  # see test_nhl_objective_float32_kernels_large
     u, grads, losses, x, deriv = _inputs(batch, BITS, n_in, dtype, batch + n_in)
     args = (u, grads, losses, x, deriv if relax else None, list(BITS), 0.3, 0.1, faithful, True)
     got = torch.ops.nhl_fast.nhl_objective(*args)
@@ -76,16 +78,23 @@ def test_nhl_objective_optional_parts_match_spec(closed_form, distill, with_grad
     _check(torch.ops.nhl_fast.nhl_objective(*args), reference.nhl_objective(*args), torch.float64)
 
 
-def test_nhl_objective_two_block_gram_float32_large():
-    # 128 rows x 2048 features: the Gram from its upper blocks through oneDNN (when torch has it), against the
-    # spec's float64 weight gradients
-    u, grads, losses, x, _ = _inputs(128, (8, 16, 32, 64, 128), 2048, torch.float32, 3)
+@pytest.mark.parametrize("batch,n_in", [(128, 2048), (70, 1100), (5, 33), (1, 16), (300, 40)])
+@pytest.mark.parametrize("kernels", ["default", "generic"])
+def test_nhl_objective_float32_kernels_large(batch, n_in, kernels, monkeypatch):
+    # float32 against the spec in float64. On an AVX-512 CPU the default path takes kernels/gemm_avx512.h (the
+    # input Gram's upper tiles: edge tiles at B % 4 != 0, row tails, n_in past one 1024 chunk; (x x^T) Gz; the
+    # prefix Grams; (A + A^T) u); "generic" the BLAS path (128 rows: the Gram from its upper blocks through
+    # oneDNN when torch has it). B = 300 > sum b_k: the weight gradients themselves.
+    monkeypatch.setenv("NHL_OBJECTIVE_KERNELS", kernels)
     bits = [8, 16, 32, 64, 128]
-    got = torch.ops.nhl_fast.nhl_objective(u, grads, losses, x, None, bits, 0.5, 0.1, False, True)
-    want = reference.nhl_objective(u.double(), grads.double(), losses.double(), x.double(), None, bits, 0.5, 0.1,
-                                   False, True)
+    u, grads, losses, x, deriv = _inputs(batch, tuple(bits), n_in, torch.float32, 3)
+    got = torch.ops.nhl_fast.nhl_objective(u, grads, losses, x, deriv, bits, 0.5, 0.1, False, True)
+    want = reference.nhl_objective(u.double(), grads.double(), losses.double(), x.double(), deriv.double(), bits,
+                                   0.5, 0.1, False, True)
     torch.testing.assert_close(got[4].double(), want[4], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got[2].double(), want[2], rtol=1e-5, atol=0)
+    torch.testing.assert_close(got[1].double(), want[1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got[5].double(), want[5], rtol=1e-5, atol=1e-9)
 
 
 def test_nhl_objective_opcheck_and_empty_batch():

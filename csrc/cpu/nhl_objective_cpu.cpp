@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu/cascade_distill.h"
+#include "kernels/gemm_avx512.h"
 
 namespace nhl {
 
@@ -43,10 +44,18 @@ at::Tensor gemm_nt(const at::Tensor& a, const at::Tensor& b) {
   return at::mm(a, b.t());
 }
 
-// (B, B) x x^T. From 96 rows on, only the upper half of the blocks is multiplied (x_1 [x_1; x_2]^T and
+// (B, B) x x^T. Float32 on an AVX-512 CPU: the kernel that multiplies only the upper triangle's tiles (half the
+// work). Otherwise through BLAS; from 96 rows on only the upper half of the blocks (x_1 [x_1; x_2]^T and
 // x_2 x_2^T: 3/4 of the work) and the lower-left block mirrored.
 at::Tensor input_gram(const at::Tensor& x) {
   const int64_t B = x.size(0);
+#ifdef NHL_HAVE_GEMM_AVX512
+  if (use_avx512_kernels(x)) {
+    at::Tensor gram = at::empty({B, B}, x.options());
+    gram_avx512(x.data_ptr<float>(), B, x.size(1), x.size(1), gram.data_ptr<float>());
+    return gram;
+  }
+#endif
   if (B < 96) return gemm_nt(x, x);
   const int64_t h = B / 2;
   const at::Tensor top = gemm_nt(x.narrow(0, 0, h), x);                                 // (h, B)
@@ -124,32 +133,43 @@ void weigh_and_fold(const Terms& in, at::Tensor& weights, at::Tensor& conflicts,
   const double distill = in.distill;
   const at::Tensor &grads = in.grads, &grad_d = in.grad_d, &deriv = in.deriv, &x = in.x;
   if (adaptive) {
-    // GzT (P, B): dO_k/dz, packed columns as rows (dO/du * du/dz), the layout both products below read
-    at::Tensor GzT = at::empty({P, B}, grad_u.options());
+    // Gz (B, P): dO_k/dz = (dO_k/du) * du/dz, packed columns
+    at::Tensor Gz = at::empty({B, P}, grad_u.options());
     {
       const T* gl = grads.defined() ? grads.data_ptr<T>() : nullptr;
       const T* gd = use_distill ? grad_d.data_ptr<T>() : nullptr;
       const T* dv = deriv.defined() ? deriv.data_ptr<T>() : nullptr;
-      T* gz = GzT.data_ptr<T>();
-      for (int64_t r = 0; r < B; ++r)
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t c = 0; c < bits[k]; ++c) {
-            const int64_t p = offset[k] + c;
-            T v = gl ? gl[r * P + p] : T(0);
-            if (gd) v += T(distill) * gd[r * P + p];
-            gz[p * B + r] = dv ? v * dv[r * b_max + c] : v;
-          }
+      const T dw = T(distill);
+      T* gz = Gz.data_ptr<T>();
+      for (int64_t r = 0; r < B; ++r) {
+        T* out = gz + r * P;
+        for (int64_t p = 0; p < P; ++p) out[p] = gl ? gl[r * P + p] : T(0);
+        if (gd)
+          for (int64_t p = 0; p < P; ++p) out[p] += dw * gd[r * P + p];
+        if (dv)
+          for (int64_t k = 0; k < K; ++k)
+            for (int64_t c = 0; c < bits[k]; ++c) out[offset[k] + c] *= dv[r * b_max + c];
+      }
     }
     T* d = dots.data_ptr<T>();
-    const T* l = GzT.data_ptr<T>();
+    const T* l = Gz.data_ptr<T>();
     if (B <= P) {  // through the B x B input Gram: d_ij = <Gz_i, (x x^T) Gz_j> over length i's columns
-      const at::Tensor right = gemm_nt(GzT, input_gram(x));  // (P, B) = ((x x^T) Gz)^T, the Gram symmetric
+      const at::Tensor gram = input_gram(x);
+      at::Tensor right;  // (B, P) (x x^T) Gz
+#ifdef NHL_HAVE_GEMM_AVX512
+      if (use_avx512_kernels(x)) {
+        right = at::empty({B, P}, grad_u.options());
+        gemm_nn_prefix_avx512(gram.data_ptr<float>(), B, Gz.data_ptr<float>(), P, B, P, &B, 1,
+                              right.data_ptr<float>(), P, 0);
+      }
+#endif
+      if (!right.defined()) right = at::mm(gram, Gz);
       const T* rt = right.data_ptr<T>();
       for (int64_t i = 0; i < K; ++i)
         for (int64_t j = i; j < K; ++j)
-          d[i * K + j] = d[j * K + i] = T(block_dot(l + offset[i] * B, B, rt + offset[j] * B, B, bits[i], B));
+          d[i * K + j] = d[j * K + i] = T(block_dot(l + offset[i], P, rt + offset[j], P, B, bits[i]));
     } else {  // the weight gradients themselves, (sum b_k, in): cheaper than the Gram for B > sum b_k
-      const at::Tensor g = at::mm(GzT, x);
+      const at::Tensor g = at::mm(Gz.t(), x);
       const int64_t width = x.size(1);
       const T* gp = g.data_ptr<T>();
       for (int64_t i = 0; i < K; ++i)
