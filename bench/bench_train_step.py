@@ -31,25 +31,7 @@ from _common import parser, sync, timeit, write_results  # noqa: E402
 
 import nhl_fast as nf  # noqa: E402
 from nhl_fast.losses import get_loss  # noqa: E402
-
-
-def sp_distill(f_s, f_t):
-    batch = f_s.shape[0]
-    g_s = F.normalize(f_s @ f_s.T)
-    g_t = F.normalize(f_t @ f_t.T)
-    return ((g_t - g_s) ** 2).sum() / (batch * batch)
-
-
-class ReferenceHead(nn.Module):
-    """The reference's RML_E head: one Linear, K matmuls on its weight prefixes."""
-
-    def __init__(self, n_in, bits):
-        super().__init__()
-        self.bits = bits
-        self.hash_layer = nn.Linear(n_in, bits[-1])
-
-    def forward(self, x):
-        return [torch.matmul(x, self.hash_layer.weight[:b, :].t()) + self.hash_layer.bias[:b] for b in self.bits]
+from nhl_fast.reference_head import ReferenceHead, sp_distill  # noqa: E402
 
 
 def reference_step(head, criteria, optimizer, x, y, idx, distill_weight, n_in):

@@ -9,6 +9,7 @@ from torch import nn
 
 import nhl_fast as nf
 from nhl_fast import reference
+from nhl_fast.reference_head import ReferenceHead, sp_distill
 
 BITS = (4, 8, 13, 30)  # any increasing lengths; 13 and 30 are not powers of two
 N_CLASS = 5
@@ -37,14 +38,6 @@ def pairwise_loss(u, labels, indices):
     sim = (labels @ labels.T > 0).to(u.dtype) * 2 - 1
     t = torch.tanh(u)
     return ((t @ t.T) / u.shape[1] - sim).pow(2).mean()
-
-
-def sp_distill(f_s, f_t):
-    """The per-pair similarity-preserving loss, written directly."""
-    batch = f_s.shape[0]
-    g_s = F.normalize(f_s @ f_s.T)
-    g_t = F.normalize(f_t @ f_t.T)
-    return ((g_t - g_s) ** 2).sum() / (batch * batch)
 
 
 def make_problem(seed, n_in=24, batch=12, dtype=torch.float64, relax="none"):
@@ -188,18 +181,6 @@ def test_plain_list_with_input_matches_nested_codes():
 
 
 # ------------------------------------------------------------- the reference's step, literally
-
-
-class ReferenceHead(nn.Module):
-    """The reference's RML_E head: one Linear, K matmuls on its weight prefixes."""
-
-    def __init__(self, n_in, bits):
-        super().__init__()
-        self.bits = bits
-        self.hash_layer = nn.Linear(n_in, bits[-1])
-
-    def forward(self, x):
-        return [torch.matmul(x, self.hash_layer.weight[:b, :].t()) + self.hash_layer.bias[:b] for b in self.bits]
 
 
 def reference_step(net, head, criteria, image, label, ind, distill, distill_weight, in_features=2048):
