@@ -6,19 +6,12 @@ import torch
 import nhl_fast.ops  # noqa: F401
 from nhl_fast import reference
 from nhl_fast._dispatch import not_supported_reasons
+from nhl_fast.reference_head import sp_distill
 
 pytestmark = pytest.mark.skipif(bool(not_supported_reasons("cpp", torch.device("cpu"))),
                                 reason="the C++ extension is not built")
 
 CASES = [(1, (3, 7)), (5, (8, 16, 32, 64, 128)), (33, (5, 13, 70)), (64, (8, 16, 32, 64, 128))]
-
-
-def sp_distill(f_s, f_t):
-    """One (student, detached teacher) pair, written directly."""
-    batch = f_s.shape[0]
-    g_s = torch.nn.functional.normalize(f_s @ f_s.T)
-    g_t = torch.nn.functional.normalize(f_t @ f_t.T)
-    return ((g_t - g_s) ** 2).sum() / (batch * batch)
 
 
 def _codes(batch, width, dtype, seed):
@@ -47,9 +40,12 @@ def test_matches_torch_formula(batch, bits, dtype, kernels, monkeypatch):
 
 
 @pytest.mark.parametrize("batch,bits", CASES)
-def test_gradient_matches_autograd(batch, bits):
+@pytest.mark.parametrize("impl", ["op", "spec"])
+def test_gradient_matches_autograd(batch, bits, impl):
+    """The op and its torch spec (values, packed gradients) against autograd of the per-pair formula."""
     u = _codes(batch, bits[-1], torch.float64, 100 + batch)
-    dist, grad = torch.ops.nhl_fast.cascade_distill(u, list(bits))
+    fn = torch.ops.nhl_fast.cascade_distill if impl == "op" else reference.cascade_distill
+    dist, grad = fn(u, list(bits))
     leaf = u.clone().requires_grad_()
     auto = torch.stack([sp_distill(leaf[:, :a], leaf[:, :b].detach()) for a, b in zip(bits, bits[1:])])
     torch.testing.assert_close(dist, auto.detach(), rtol=1e-10, atol=1e-12)

@@ -136,24 +136,6 @@ def test_batched_grad_falls_back_when_vmap_cannot_batch():
     torch.testing.assert_close(obj.last_weights, want, rtol=1e-6, atol=0)
 
 
-def test_distillation_matches_per_pair_formula():
-    """The spec's closed-form distillation (values, packed gradients) against autograd of the per-pair formula."""
-    torch.manual_seed(0)
-    u = torch.randn(9, BITS[-1], dtype=torch.float64, requires_grad=True)
-    want = torch.stack([sp_distill(u[:, :a], u[:, :b].detach()) for a, b in zip(BITS, BITS[1:])])
-    dist, packed = reference.cascade_distill(u.detach(), BITS)
-    torch.testing.assert_close(dist, want.detach(), rtol=1e-12, atol=1e-14)
-    lo = 0
-    for k, b in enumerate(BITS):
-        seg = packed[:, lo:lo + b]
-        if k == len(BITS) - 1:
-            assert torch.count_nonzero(seg) == 0  # the longest code has no teacher
-        else:
-            (auto,) = torch.autograd.grad(want[k], u, retain_graph=True)
-            torch.testing.assert_close(seg, auto[:, :b], rtol=1e-10, atol=1e-15)
-            assert torch.count_nonzero(auto[:, b:]) == 0  # the teacher is detached: nothing past b_k
-        lo += b
-
 
 def test_non_adaptive_objective_is_plain_sum():
     net, layer, x, labels, idx = make_problem(3)
