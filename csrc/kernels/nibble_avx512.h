@@ -20,7 +20,9 @@ NHL_TARGET_AVX512 inline uint64_t filter_pair(const uint8_t* pair, const avx2::Q
                                               const avx2::UnitPlan& plan, const uint8_t* thresh, uint8_t* dist) {
   constexpr int U = 16 * WU;
   constexpr int kRow = 2 * avx2::kLanes;
-  __m512i run = _mm512_setzero_si512(), hit = run;
+  // The running sum in two chains (even / odd units), joined where a length ends: half the
+  // serial add latency per step.
+  __m512i run[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}, hit = run[0];
   int l = 0;
   const int L = plan.L;
   const uint32_t full_at = plan.full_at, part_at = plan.part_at;
@@ -29,16 +31,17 @@ NHL_TARGET_AVX512 inline uint64_t filter_pair(const uint8_t* pair, const avx2::Q
     const __m512i nib = _mm512_load_si512(pair + u * kRow);
     if (__builtin_expect((part_at >> u) & 1, 0)) {  // lengths ending inside this unit (rare)
       for (; l < L && plan.unit[l] == u && plan.rest[l]; ++l) {
-        const __m512i d = _mm512_add_epi8(run, _mm512_shuffle_epi8(table(qt.part_lut[l]), nib));
+        const __m512i d = _mm512_add_epi8(_mm512_add_epi8(run[0], run[1]), _mm512_shuffle_epi8(table(qt.part_lut[l]), nib));
         _mm512_store_si512(dist + l * kRow, d);
         hit = _mm512_or_si512(hit, _mm512_subs_epu8(table(thresh + l * avx2::kLanes), d));
       }
       if (l == L) break;
     }
-    run = _mm512_add_epi8(run, _mm512_shuffle_epi8(table(qt.unit_lut[u]), nib));
+    run[u & 1] = _mm512_add_epi8(run[u & 1], _mm512_shuffle_epi8(table(qt.unit_lut[u]), nib));
     if ((full_at >> u) & 1) {  // the length ending exactly here: subs(t, d) > 0 where d < t
-      _mm512_store_si512(dist + l * kRow, run);
-      hit = _mm512_or_si512(hit, _mm512_subs_epu8(table(thresh + l * avx2::kLanes), run));
+      const __m512i d = _mm512_add_epi8(run[0], run[1]);
+      _mm512_store_si512(dist + l * kRow, d);
+      hit = _mm512_or_si512(hit, _mm512_subs_epu8(table(thresh + l * avx2::kLanes), d));
       if (++l == L) break;
     }
   }
