@@ -136,7 +136,10 @@ template <int WU>
 inline uint64_t filter_two_groups(const uint8_t* pair, const QueryTables<WU>& qt,
                                   const UnitPlan& plan, const uint8_t* thresh, uint8_t* dist) {
   constexpr int U = 16 * WU;
-  __m256i run0 = _mm256_setzero_si256(), run1 = run0, hit0 = run0, hit1 = run0;
+  // Each group's running sum in two chains (even / odd units), joined where a length ends:
+  // half the serial add latency per step.
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i run0[2] = {zero, zero}, run1[2] = {zero, zero}, hit0 = zero, hit1 = zero;
   int l = 0;
   const int L = plan.L;
   const uint32_t full_at = plan.full_at, part_at = plan.part_at;
@@ -151,8 +154,8 @@ inline uint64_t filter_two_groups(const uint8_t* pair, const QueryTables<WU>& qt
     if (__builtin_expect((part_at >> u) & 1, 0)) {  // lengths ending inside this unit (rare)
       for (; l < L && plan.unit[l] == u && plan.rest[l]; ++l) {
         const __m256i lut = vec(qt.part_lut[l]), t = vec(thresh + l * kLanes);
-        const __m256i d0 = _mm256_add_epi8(run0, _mm256_shuffle_epi8(lut, nib0));
-        const __m256i d1 = _mm256_add_epi8(run1, _mm256_shuffle_epi8(lut, nib1));
+        const __m256i d0 = _mm256_add_epi8(_mm256_add_epi8(run0[0], run0[1]), _mm256_shuffle_epi8(lut, nib0));
+        const __m256i d1 = _mm256_add_epi8(_mm256_add_epi8(run1[0], run1[1]), _mm256_shuffle_epi8(lut, nib1));
         store(dist + l * 2 * kLanes, d0, d1);
         hit0 = _mm256_or_si256(hit0, _mm256_subs_epu8(t, d0));
         hit1 = _mm256_or_si256(hit1, _mm256_subs_epu8(t, d1));
@@ -160,13 +163,14 @@ inline uint64_t filter_two_groups(const uint8_t* pair, const QueryTables<WU>& qt
       if (l == L) break;
     }
     const __m256i lut = vec(qt.unit_lut[u]);
-    run0 = _mm256_add_epi8(run0, _mm256_shuffle_epi8(lut, nib0));
-    run1 = _mm256_add_epi8(run1, _mm256_shuffle_epi8(lut, nib1));
+    run0[u & 1] = _mm256_add_epi8(run0[u & 1], _mm256_shuffle_epi8(lut, nib0));
+    run1[u & 1] = _mm256_add_epi8(run1[u & 1], _mm256_shuffle_epi8(lut, nib1));
     if ((full_at >> u) & 1) {  // the length ending exactly here: subs(t, d) > 0 where d < t
       const __m256i t = vec(thresh + l * kLanes);
-      store(dist + l * 2 * kLanes, run0, run1);
-      hit0 = _mm256_or_si256(hit0, _mm256_subs_epu8(t, run0));
-      hit1 = _mm256_or_si256(hit1, _mm256_subs_epu8(t, run1));
+      const __m256i d0 = _mm256_add_epi8(run0[0], run0[1]), d1 = _mm256_add_epi8(run1[0], run1[1]);
+      store(dist + l * 2 * kLanes, d0, d1);
+      hit0 = _mm256_or_si256(hit0, _mm256_subs_epu8(t, d0));
+      hit1 = _mm256_or_si256(hit1, _mm256_subs_epu8(t, d1));
       if (++l == L) break;
     }
   }
