@@ -55,9 +55,9 @@ inline void transpose16x16(__m128i* a) {
 }
 
 // Write the nibble-transposed form of `count` (<= 32) codes (rows of `W` words, reading the
-// first WU) to out[u * 32 + lane], u < 16 * WU. Missing lanes are zero.
+// first WU) to out[u * stride + lane], u < 16 * WU. Missing lanes are zero.
 template <int WU>
-inline void transpose_group(const uint64_t* rows, int64_t W, int count, uint8_t* out) {
+inline void transpose_group(const uint64_t* rows, int64_t W, int count, uint8_t* out, int64_t stride = kLanes) {
   static_assert(WU == 1 || WU == 2, "nibble path handles 64- and 128-bit codes");
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   __m128i a[16], b[16];
@@ -78,8 +78,8 @@ inline void transpose_group(const uint64_t* rows, int64_t W, int count, uint8_t*
   }
   for (int j = 0; j < 8 * WU; ++j) {
     const __m256i y = _mm256_set_m128i(b[j], a[j]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out + (2 * j) * kLanes), _mm256_and_si256(y, low4));
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out + (2 * j + 1) * kLanes),
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + (2 * j) * stride), _mm256_and_si256(y, low4));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + (2 * j + 1) * stride),
                        _mm256_and_si256(_mm256_srli_epi16(y, 4), low4));
   }
 }
@@ -126,16 +126,20 @@ inline uint32_t hit_lanes(__m256i hit) {
   return ~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(hit, _mm256_setzero_si256())));
 }
 
-// Lanes of two consecutive 32-code groups (g0, g1: 16 * WU vectors each) where SOME length's
+// Lanes of two consecutive 32-code groups, stored as a pair (unit u of the first group at
+// pair[u * 64], of the second at pair[u * 64 + 32]: one 64-byte row per unit), where SOME length's
 // distance is below that length's threshold (thresh[l] = 32 copies of the uint8 threshold).
-// Returns the 64-lane mask, group g0 in the low half. Every length's distances are left in
+// Returns the 64-lane mask, the first group in the low half. Every length's distances are left in
 // dist[l * 64 + lane] (same lane order): the caller keeps the hits' distances without
 // recomputing them (two stores per length, next to 2 * 16 * WU shuffles and adds).
 template <int WU>
-inline uint64_t filter_two_groups(const uint8_t* g0, const uint8_t* g1, const QueryTables<WU>& qt,
+inline uint64_t filter_two_groups(const uint8_t* pair, const QueryTables<WU>& qt,
                                   const UnitPlan& plan, const uint8_t* thresh, uint8_t* dist) {
   constexpr int U = 16 * WU;
-  __m256i run0 = _mm256_setzero_si256(), run1 = run0, hit0 = run0, hit1 = run0;
+  // Each group's running sum in two chains (even / odd units), joined where a length ends:
+  // half the serial add latency per step.
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i run0[2] = {zero, zero}, run1[2] = {zero, zero}, hit0 = zero, hit1 = zero;
   int l = 0;
   const int L = plan.L;
   const uint32_t full_at = plan.full_at, part_at = plan.part_at;
@@ -146,12 +150,12 @@ inline uint64_t filter_two_groups(const uint8_t* g0, const uint8_t* g1, const Qu
   };
 #pragma GCC unroll 32
   for (int u = 0; u < U; ++u) {
-    const __m256i nib0 = vec(g0 + u * kLanes), nib1 = vec(g1 + u * kLanes);
+    const __m256i nib0 = vec(pair + u * 2 * kLanes), nib1 = vec(pair + u * 2 * kLanes + kLanes);
     if (__builtin_expect((part_at >> u) & 1, 0)) {  // lengths ending inside this unit (rare)
       for (; l < L && plan.unit[l] == u && plan.rest[l]; ++l) {
         const __m256i lut = vec(qt.part_lut[l]), t = vec(thresh + l * kLanes);
-        const __m256i d0 = _mm256_add_epi8(run0, _mm256_shuffle_epi8(lut, nib0));
-        const __m256i d1 = _mm256_add_epi8(run1, _mm256_shuffle_epi8(lut, nib1));
+        const __m256i d0 = _mm256_add_epi8(_mm256_add_epi8(run0[0], run0[1]), _mm256_shuffle_epi8(lut, nib0));
+        const __m256i d1 = _mm256_add_epi8(_mm256_add_epi8(run1[0], run1[1]), _mm256_shuffle_epi8(lut, nib1));
         store(dist + l * 2 * kLanes, d0, d1);
         hit0 = _mm256_or_si256(hit0, _mm256_subs_epu8(t, d0));
         hit1 = _mm256_or_si256(hit1, _mm256_subs_epu8(t, d1));
@@ -159,13 +163,14 @@ inline uint64_t filter_two_groups(const uint8_t* g0, const uint8_t* g1, const Qu
       if (l == L) break;
     }
     const __m256i lut = vec(qt.unit_lut[u]);
-    run0 = _mm256_add_epi8(run0, _mm256_shuffle_epi8(lut, nib0));
-    run1 = _mm256_add_epi8(run1, _mm256_shuffle_epi8(lut, nib1));
+    run0[u & 1] = _mm256_add_epi8(run0[u & 1], _mm256_shuffle_epi8(lut, nib0));
+    run1[u & 1] = _mm256_add_epi8(run1[u & 1], _mm256_shuffle_epi8(lut, nib1));
     if ((full_at >> u) & 1) {  // the length ending exactly here: subs(t, d) > 0 where d < t
       const __m256i t = vec(thresh + l * kLanes);
-      store(dist + l * 2 * kLanes, run0, run1);
-      hit0 = _mm256_or_si256(hit0, _mm256_subs_epu8(t, run0));
-      hit1 = _mm256_or_si256(hit1, _mm256_subs_epu8(t, run1));
+      const __m256i d0 = _mm256_add_epi8(run0[0], run0[1]), d1 = _mm256_add_epi8(run1[0], run1[1]);
+      store(dist + l * 2 * kLanes, d0, d1);
+      hit0 = _mm256_or_si256(hit0, _mm256_subs_epu8(t, d0));
+      hit1 = _mm256_or_si256(hit1, _mm256_subs_epu8(t, d1));
       if (++l == L) break;
     }
   }

@@ -22,42 +22,21 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <vector>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
+#include "kernels/avx512_dispatch.h"
 #include "kernels/topk_select.h"
 
 namespace nhl {
 
-#if defined(__AVX2__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define NHL_RECORDS_AVX512 1
-#define NHL_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vbmi2,bmi2")))
-#endif
-
-// Whether RecordLists appends a scan step with AVX-512 compress stores (BW + VBMI2, detected
-// at run time; the build itself targets AVX2). NHL_TOPK_NO_AVX512=1 forces the AVX2 path, so
-// tests cover both on one machine.
-inline bool records_avx512() {
-#ifdef NHL_RECORDS_AVX512
-  static const bool cpu = [] {
-    __builtin_cpu_init();  // in a shared library the detection may not have run yet
-    return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi2");
-  }();
-  const char* off = std::getenv("NHL_TOPK_NO_AVX512");
-  return cpu && !(off && *off && *off != '0');
-#else
-  return false;
-#endif
-}
-
 struct RecordLists : LengthThresholds {
   int64_t cap = 0, base = 0;    // base: the scan's first row (records hold row - base)
   int64_t seg = 0;              // cap + 64: slack for whole-vector stores past the last record
-  bool wide = false;            // append with AVX-512 compress stores (offer_lanes)
+  bool wide = false;            // AVX-512 paths (the scan then calls offer_lanes_avx512)
   std::vector<int64_t> nrec;    // per query: records held
   std::vector<uint32_t> rows;   // (nq, seg) row offsets
   std::vector<uint8_t> dists;   // (nq, L, seg) distances: per length contiguous (SIMD passes)
@@ -119,9 +98,6 @@ struct RecordLists : LengthThresholds {
   // that would have dropped within the step only lets a few more records in, and each length
   // still accepts exactly the rows below its running threshold (header).
   uint64_t offer_lanes(int64_t qi, const uint8_t* dist, uint64_t lanes, int64_t row0, int64_t row1) {
-#ifdef NHL_RECORDS_AVX512
-    if (wide) return offer_lanes_avx512(qi, dist, lanes, row0, row1);
-#endif
     const int32_t* th = thresh.data() + qi * L;
     int64_t* bl = below.data() + qi * L;
     uint64_t full = 0;
@@ -157,7 +133,8 @@ struct RecordLists : LengthThresholds {
 #ifdef NHL_RECORDS_AVX512
   // offer_lanes with one 64-lane compress per length and four for the rows: no per-record
   // loop, so no branch on how many lanes hit. Stores write whole vectors (seg = cap + 64).
-  NHL_TARGET_AVX512 uint64_t offer_lanes_avx512(int64_t qi, const uint8_t* dist, uint64_t lanes, int64_t row0,
+  // Called from the AVX-512 scan loop (topk_scan.h), into which it is inlined; dist 64-aligned.
+  NHL_TARGET_AVX512 __attribute__((always_inline)) uint64_t offer_lanes_avx512(int64_t qi, const uint8_t* dist, uint64_t lanes, int64_t row0,
                                                 int64_t row1) {
     const int hits = __builtin_popcountll(lanes);
     const int64_t n = nrec[qi] + hits > cap ? compact(qi) : nrec[qi];  // cap >= L k + 64
@@ -168,12 +145,9 @@ struct RecordLists : LengthThresholds {
     const int64_t stride = seg;
     uint64_t full = 0;
     for (int l = 0; l < nl; ++l) {
-      // Two 32-byte loads: the filter just stored these halves, and one 64-byte load spanning
-      // two stores cannot be forwarded from the store buffer (a ~20-cycle stall per length).
-      const __m256i* half = reinterpret_cast<const __m256i*>(dist + l * 64);
-      const __m512i d = _mm512_permutex2var_epi64(_mm512_castsi256_si512(_mm256_load_si256(half)),
-                                                  _mm512_set_epi64(11, 10, 9, 8, 3, 2, 1, 0),
-                                                  _mm512_castsi256_si512(_mm256_load_si256(half + 1)));
+      // One 64-byte load: the AVX-512 filter (nibble_avx512.h) just stored it whole, so it is
+      // forwarded from the store buffer.
+      const __m512i d = _mm512_load_si512(dist + l * 64);
       const __mmask64 in = _mm512_mask_cmplt_epu8_mask(lanes, d, _mm512_set1_epi8(static_cast<char>(std::min(th[l], 255))));
       full |= uint64_t((bl[l] += __builtin_popcountll(in)) >= k) << l;  // counted now (see offer_lanes)
       _mm512_storeu_si512(rd + l * stride, _mm512_maskz_compress_epi8(lanes, d));

@@ -6,8 +6,9 @@
 // over them. Per (query, length) a threshold (the k-th best distance so far) filters items;
 // the few that pass go to a bounded candidate list cut back by counting selection
 // (topk_select.h). Memory: the lists (O(queries * L * k)) plus one tile; never Q x N.
-// 64/128-bit codes on AVX2 use the nibble filter (nibble_avx2.h: 32 codes per step, all
-// lengths in registers); other widths use the scalar popcount path.
+// 64/128-bit codes on AVX2 use the nibble filter (nibble_avx2.h: 64 codes per step, all
+// lengths in registers; on AVX-512 CPUs one zmm per unit, nibble_avx512.h); other widths use
+// the scalar popcount path.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -16,6 +17,7 @@
 
 #include "kernels/hamming.h"
 #include "kernels/nibble_avx2.h"
+#include "kernels/nibble_avx512.h"
 #include "kernels/topk_records.h"
 #include "kernels/topk_select.h"
 
@@ -54,6 +56,8 @@ inline void topk_scan_scalar(const TopkScanArgs& a, int64_t q0, int64_t q1, int6
 #if defined(__AVX2__)
 // The AVX2 scan over nibble-transposed tiles of up to kGroups groups of 32 codes. A tile's groups
 // are given by their first row and size, so the same code scans contiguous tiles and samples.
+// Groups 2p and 2p + 1 (one filter step) share 64-byte rows: unit u of the pair at
+// tile[(p * U + u) * 64], the second group in the upper 32 bytes.
 template <int WU>
 struct NibbleScan {
   static constexpr int U = 16 * WU;
@@ -63,20 +67,21 @@ struct NibbleScan {
   int64_t q0, nq;
   int L;
   std::vector<uint8_t> tile_raw, thr_raw;
-  uint8_t *tile, *thr;  // 32-byte aligned
+  uint8_t *tile, *thr;  // 64-byte aligned
   std::vector<avx2::QueryTables<WU>> qt;
-  alignas(32) uint8_t dist[64 * 2 * avx2::kLanes];  // one step's distances, per length (filter_two_groups)
+  alignas(64) uint8_t dist[64 * 2 * avx2::kLanes];  // one step's distances, per length (filter_two_groups)
+  bool wide;  // the AVX-512 filter and record appends (scan_avx512())
   int64_t first[kGroups];
   int size[kGroups];
 
-  static uint8_t* align32(std::vector<uint8_t>& v) {
-    return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 31) & ~uintptr_t(31));
+  static uint8_t* align64(std::vector<uint8_t>& v) {
+    return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
   }
-  NibbleScan(const TopkScanArgs& args, const avx2::UnitPlan& plan, int64_t q0_, int64_t q1, int L_)
-      : a(args), up(plan), q0(q0_), nq(q1 - q0_), L(L_), tile_raw(kGroups * U * avx2::kLanes + 32),
-        thr_raw(nq * L * avx2::kLanes + 32), qt(nq) {
-    tile = align32(tile_raw);
-    thr = align32(thr_raw);
+  NibbleScan(const TopkScanArgs& args, const avx2::UnitPlan& plan, int64_t q0_, int64_t q1, int L_, bool wide_)
+      : a(args), up(plan), q0(q0_), nq(q1 - q0_), L(L_), tile_raw(kGroups * U * avx2::kLanes + 64),
+        thr_raw(nq * L * avx2::kLanes + 64), qt(nq), wide(wide_) {
+    tile = align64(tile_raw);
+    thr = align64(thr_raw);
     for (int64_t qi = 0; qi < nq; ++qi) qt[qi].init(a.q + (q0 + qi) * a.W, up);
   }
 
@@ -98,22 +103,48 @@ struct NibbleScan {
   template <class Lists>
   void scan_tile(int64_t groups, int64_t qa, int64_t qb, Lists& lists) {
     using avx2::kLanes;
-    for (int64_t g = 0; g < groups; ++g) avx2::transpose_group<WU>(a.db + first[g] * a.W, a.W, size[g], tile + g * U * kLanes);
-    for (int64_t qi = qa; qi < qb; ++qi) {
-      const uint8_t* qthr = thr + qi * L * kLanes;
-      for (int64_t g = 0; g < groups; g += 2) {  // two groups per step; a lone last group pairs with itself
-        const int64_t g1 = std::min(g + 1, groups - 1);
-        uint64_t hits =
-            avx2::filter_two_groups<WU>(tile + g * U * kLanes, tile + g1 * U * kLanes, qt[qi], up, qthr, dist);
+    for (int64_t g = 0; g < groups; ++g)
+      avx2::transpose_group<WU>(a.db + first[g] * a.W, a.W, size[g], pair_of(g) + (g & 1) * kLanes, 2 * kLanes);
+#ifdef NHL_RECORDS_AVX512
+    if (wide) return scan_queries_avx512(groups, qa, qb, lists);
+#endif
+    for (int64_t qi = qa; qi < qb; ++qi)
+      for (int64_t g = 0; g < groups; g += 2) {  // two groups per step; a lone last group's pair half is masked off
+        const uint64_t hits = avx2::filter_two_groups<WU>(pair_of(g), qt[qi], up, thr + qi * L * kLanes, dist) & step_lanes(g, groups);
         if (!hits) continue;
-        const uint64_t m0 = size[g] == kLanes ? 0xFFFFFFFFull : (uint64_t(1) << size[g]) - 1;
-        const uint64_t m1 = g1 == g ? 0 : size[g1] == kLanes ? 0xFFFFFFFFull : (uint64_t(1) << size[g1]) - 1;
-        hits &= m0 | (m1 << 32);
-        if (!hits) continue;
-        const uint64_t lowered = lists.offer_lanes(qi, dist, hits, first[g], first[g1] - kLanes);
+        const uint64_t lowered = lists.offer_lanes(qi, dist, hits, first[g], first[std::min(g + 1, groups - 1)] - kLanes);
         if (lowered) refresh(lists, qi, lowered);
       }
-    }
+  }
+
+#ifdef NHL_RECORDS_AVX512
+  // scan_tile's query loop as one AVX-512 function: the filter and the record append inline, so
+  // a step with hits costs no call.
+  template <class Lists>
+  NHL_TARGET_AVX512 void scan_queries_avx512(int64_t groups, int64_t qa, int64_t qb, Lists& lists) {
+    using avx2::kLanes;
+    for (int64_t qi = qa; qi < qb; ++qi)
+      for (int64_t g = 0; g < groups; g += 2) {
+        const uint64_t hits = avx512::filter_pair<WU>(pair_of(g), qt[qi], up, thr + qi * L * kLanes, dist) & step_lanes(g, groups);
+        if (!hits) continue;
+        const uint64_t lowered = offer_wide(lists, qi, hits, first[g], first[std::min(g + 1, groups - 1)] - kLanes);
+        if (lowered) refresh(lists, qi, lowered);
+      }
+  }
+  NHL_TARGET_AVX512 uint64_t offer_wide(RecordLists& lists, int64_t qi, uint64_t hits, int64_t row0, int64_t row1) {
+    return lists.offer_lanes_avx512(qi, dist, hits, row0, row1);
+  }
+  template <class Lists>  // CandidateLists (the warm-start sample)
+  uint64_t offer_wide(Lists& lists, int64_t qi, uint64_t hits, int64_t row0, int64_t row1) {
+    return lists.offer_lanes(qi, dist, hits, row0, row1);
+  }
+#endif
+
+  uint8_t* pair_of(int64_t g) const { return tile + (g / 2) * U * 2 * avx2::kLanes; }
+  // The lanes of step g (groups g and g + 1) that hold codes.
+  uint64_t step_lanes(int64_t g, int64_t groups) const {
+    auto lanes = [](int n) { return n == avx2::kLanes ? 0xFFFFFFFFull : (uint64_t(1) << n) - 1; };
+    return lanes(size[g]) | (g + 1 < groups ? lanes(size[g + 1]) << 32 : 0);
   }
 
   // Rows [n0, n1) in order, for queries [qa, qb).
@@ -143,12 +174,18 @@ struct NibbleScan {
   }
 };
 
+// Whether to scan with the AVX-512 filter: as the record lists append (so that a test setting
+// RecordLists::wide picks both paths), else as the CPU and NHL_TOPK_NO_AVX512 say.
+inline bool scan_avx512(const RecordLists& lists) { return lists.wide; }
+template <class Lists>
+inline bool scan_avx512(const Lists&) { return records_avx512(); }
+
 template <int WU, class Lists>
 inline void topk_scan_avx2(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_t n0, int64_t n1,
                            Lists& lists, const avx2::UnitPlan& up) {
   const int L = lists.L;
   const int64_t nq = q1 - q0, rows = n1 - n0, k = lists.k;
-  NibbleScan<WU> scan(a, up, q0, q1, L);
+  NibbleScan<WU> scan(a, up, q0, q1, L, scan_avx512(lists));
   // Warm start. A streaming top-k admits ~k (1 + ln(N / k)) codes per list, most of them pushed
   // out later; starting from thresholds that a sample says admit ~1.5 k codes overall cuts that
   // to ~k. The sample's ks-th smallest distance t_s (ks = margin * k * sample fraction) gives

@@ -185,8 +185,9 @@ static void test_topk_scan(std::mt19937_64& rng) {
   };
   // warm: 0 = defaults (no sample on small N), 1 = sampled start thresholds, 2 = a sample
   // margin so small that lists come up short and their queries are rescanned (the fallback).
-  // records: 0 = CandidateLists, 1 = RecordLists (AVX2 appends), 2 = RecordLists with AVX-512
-  // compress appends where the CPU has them.
+  // records: 0 = CandidateLists (scanned with the AVX-512 filter where the CPU has it), 1 =
+  // RecordLists on the AVX2 filter and appends, 2 = RecordLists on the AVX-512 filter and
+  // compress appends where the CPU has them (the scan follows RecordLists::wide).
   for (const auto& c : cases)
     for (int records = 0; records < 3; ++records)
     for (int cap_mode = 0; cap_mode < 2; ++cap_mode)
