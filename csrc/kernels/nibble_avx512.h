@@ -11,8 +11,10 @@ namespace nhl {
 namespace avx512 {
 
 // A 32-byte table (or threshold row) in both halves of a zmm (a lambda would lose the target).
+// The zero-masked form: GCC 12 warns (falsely) about the plain broadcast's undefined source
+// wherever it is inlined; an all-ones mask compiles to the same vbroadcasti64x4.
 NHL_TARGET_AVX512 inline __m512i table(const uint8_t* p) {
-  return _mm512_broadcast_i64x4(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_maskz_broadcast_i64x4(__mmask8(0xFF), _mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
 template <int WU>
