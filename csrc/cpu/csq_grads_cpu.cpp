@@ -71,14 +71,9 @@ std::tuple<at::Tensor, at::Tensor> csq_grads_cpu(const at::Tensor& u_in, const a
                                                  at::IntArrayRef bits, double lambda) {
   // the GEMM below re-enters the dispatcher: under autocast it would come back in bfloat16
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  TORCH_CHECK(u_in.dim() == 2, "csq_grads: u must be (B, b_max)");
-  TORCH_CHECK(u_in.scalar_type() == at::kFloat || u_in.scalar_type() == at::kDouble,
-              "csq_grads: u must be float32 or float64, got ", u_in.scalar_type());
-  check_lengths("csq_grads", bits, u_in.size(1));
+  const std::vector<int64_t> offset = check_codes("csq_grads", u_in, bits);  // packed column layout
   const int64_t K = static_cast<int64_t>(bits.size());
   const int64_t B = u_in.size(0), b_max = u_in.size(1);
-  std::vector<int64_t> offset(K + 1, 0);
-  for (int64_t k = 0; k < K; ++k) offset[k + 1] = offset[k] + bits[k];
   const int64_t P = offset[K];
   TORCH_CHECK(labels_in.dim() == 2 && labels_in.size(0) == B, "csq_grads: labels must be (B, C) multi-hot with B = ", B);
   TORCH_CHECK(centers_in.dim() == 2 && centers_in.size(0) == labels_in.size(1) &&

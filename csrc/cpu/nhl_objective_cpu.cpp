@@ -221,14 +221,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     double beta, double distill, bool faithful, bool closed_form) {
   // the GEMMs below re-enter the dispatcher: under autocast they would come back in bfloat16
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  TORCH_CHECK(u_in.dim() == 2, "nhl_objective: u must be (B, b_max)");
-  TORCH_CHECK(u_in.scalar_type() == at::kFloat || u_in.scalar_type() == at::kDouble,
-              "nhl_objective: u must be float32 or float64, got ", u_in.scalar_type());
-  check_lengths("nhl_objective", bits, u_in.size(1));
+  const std::vector<int64_t> offset = check_codes("nhl_objective", u_in, bits);  // packed column layout
   const int64_t K = static_cast<int64_t>(bits.size());
   const int64_t B = u_in.size(0), b_max = u_in.size(1);
-  std::vector<int64_t> offset(K + 1, 0);  // packed column layout: length k's segment starts at offset[k]
-  for (int64_t k = 0; k < K; ++k) offset[k + 1] = offset[k] + bits[k];
   const int64_t P = offset[K];
   TORCH_CHECK(losses_in.dim() == 1 && losses_in.size(0) == K, "nhl_objective: losses must be (K,) = (", K, ",)");
   TORCH_CHECK(!closed_form || grads_in.has_value(), "nhl_objective: closed_form needs grads");
