@@ -59,6 +59,30 @@ __device__ __forceinline__ int tile_size(int64_t nq, int64_t q0) {
   return nq - q0 < kQueryTile ? static_cast<int>(nq - q0) : kQueryTile;
 }
 
+// One warp's walk over database chunk c, 32 codes (one per lane) per step, in index order:
+// fn(i, l, d, step) for every (query i of the tile, length l) and the lane's code (d is
+// meaningless where !step.valid, past the database end). Shared by the histogram, count and
+// write passes so all three see the codes in the same order.
+struct ChunkStep {
+  int64_t n;        // the lane's database row
+  bool valid;       // n < ndb
+  unsigned active;  // the warp's valid lanes
+};
+template <class Fn>
+__device__ __forceinline__ void for_each_chunk_distance(const Batch& b, const Lengths& len, int64_t c, int64_t q0,
+                                                        int nvalid, Fn fn) {
+  const int lane = threadIdx.x & 31;
+  for (int s = 0; s < kChunkSteps; ++s) {
+    const int64_t n = c * kChunk + s * 32 + lane;
+    const bool valid = n < b.ndb;
+    const unsigned active = __ballot_sync(kFull, valid);
+    if (active == 0) break;
+    const ChunkStep step{n, valid, active};
+    nhl::cuda::for_each_distance<kQueryTile>(b.q + q0 * b.words, nvalid, b.words, valid ? b.db + n * b.words : nullptr,
+                                             len, [&](int i, int l, int d) { fn(i, l, d, step); });
+  }
+}
+
 // 1. Histogram of distances per (query, length); grid (x: chunk groups, y: query tiles).
 __global__ void hist_kernel(Batch b, Lengths len, bool shared_hist) {
   extern __shared__ unsigned smem[];
@@ -73,20 +97,13 @@ __global__ void hist_kernel(Batch b, Lengths len, bool shared_hist) {
   }
   unsigned* h = shared_hist ? smem : ghist;
   for (int64_t c = int64_t(blockIdx.x) * kWarps + warp; c < b.chunks; c += int64_t(gridDim.x) * kWarps) {
-    for (int s = 0; s < kChunkSteps; ++s) {
-      const int64_t n = c * kChunk + s * 32 + lane;
-      const bool valid = n < b.ndb;
-      const unsigned active = __ballot_sync(kFull, valid);
-      if (active == 0) break;
-      nhl::cuda::for_each_distance<kQueryTile>(
-          b.q + q0 * b.words, nvalid, b.words, valid ? b.db + n * b.words : nullptr, len, [&](int i, int l, int d) {
-            if (valid) {  // one atomic per distinct bin in the warp (distances cluster)
-              const int bin = i * len.bins + len.bin_offset[l] + d;
-              const unsigned peers = __match_any_sync(active, bin);
-              if (lane == __ffs(peers) - 1) atomicAdd(h + bin, static_cast<unsigned>(__popc(peers)));
-            }
-          });
-    }
+    for_each_chunk_distance(b, len, c, q0, nvalid, [&](int i, int l, int d, const ChunkStep& step) {
+      if (step.valid) {  // one atomic per distinct bin in the warp (distances cluster)
+        const int bin = i * len.bins + len.bin_offset[l] + d;
+        const unsigned peers = __match_any_sync(step.active, bin);
+        if (lane == __ffs(peers) - 1) atomicAdd(h + bin, static_cast<unsigned>(__popc(peers)));
+      }
+    });
   }
   if (shared_hist) {
     __syncthreads();
@@ -132,21 +149,15 @@ __global__ void count_kernel(Batch b, Lengths len) {
   for (int64_t c = int64_t(blockIdx.x) * kWarps + warp; c < b.chunks; c += int64_t(gridDim.x) * kWarps) {
     for (int i = lane; i < 2 * slots; i += 32) cnt[i] = 0;
     __syncwarp();
-    for (int s = 0; s < kChunkSteps; ++s) {
-      const int64_t n = c * kChunk + s * 32 + lane;
-      const bool valid = n < b.ndb;
-      if (__ballot_sync(kFull, valid) == 0) break;
-      nhl::cuda::for_each_distance<kQueryTile>(
-          b.q + q0 * b.words, nvalid, b.words, valid ? b.db + n * b.words : nullptr, len, [&](int i, int l, int d) {
-            const int t = b.thr[(q0 + i) * len.n + l];
-            const unsigned below = __ballot_sync(kFull, valid && d < t);
-            const unsigned at = __ballot_sync(kFull, valid && d == t);
-            if (lane == 0) {
-              cnt[(i * len.n + l) * 2] += __popc(below);
-              cnt[(i * len.n + l) * 2 + 1] += __popc(at);
-            }
-          });
-    }
+    for_each_chunk_distance(b, len, c, q0, nvalid, [&](int i, int l, int d, const ChunkStep& step) {
+      const int t = b.thr[(q0 + i) * len.n + l];
+      const unsigned below = __ballot_sync(kFull, step.valid && d < t);
+      const unsigned at = __ballot_sync(kFull, step.valid && d == t);
+      if (lane == 0) {
+        cnt[(i * len.n + l) * 2] += __popc(below);
+        cnt[(i * len.n + l) * 2 + 1] += __popc(at);
+      }
+    });
     __syncwarp();
     for (int i = lane; i < slots; i += 32) {
       const int64_t r = q0 * len.n + i;
@@ -199,42 +210,36 @@ __global__ void write_kernel(Batch b, Lengths len) {
       cnt[2 * i + 1] = b.eq[r * b.chunks + c];
     }
     __syncwarp();
-    for (int s = 0; s < kChunkSteps; ++s) {
-      const int64_t n = c * kChunk + s * 32 + lane;
-      const bool valid = n < b.ndb;
-      if (__ballot_sync(kFull, valid) == 0) break;
-      nhl::cuda::for_each_distance<kQueryTile>(
-          b.q + q0 * b.words, nvalid, b.words, valid ? b.db + n * b.words : nullptr, len, [&](int i, int l, int d) {
-            const int64_t r = (q0 + i) * len.n + l;
-            const int t = b.thr[r];
-            const bool is_below = valid && d < t, is_at = valid && d == t;
-            const unsigned below = __ballot_sync(kFull, is_below);
-            const unsigned at = __ballot_sync(kFull, is_at);
-            if ((below | at) == 0u) return;  // warp-uniform
-            unsigned* slot = cnt + (i * len.n + l) * 2;
-            const unsigned below_off = slot[0], at_off = slot[1];
-            __syncwarp();
-            if (lane == 0) {
-              slot[0] = below_off + __popc(below);
-              slot[1] = at_off + __popc(at);
-            }
-            __syncwarp();
-            if (is_below) {
-              const int64_t pos = r * b.k + below_off + __popc(below & lower_lanes);
-              b.tmp_dist[pos] = d;
-              b.tmp_idx[pos] = static_cast<int>(n);
-            }
-            if (is_at) {
-              const unsigned need = b.need[r];
-              const unsigned rank = at_off + __popc(at & lower_lanes);
-              if (rank < need) {
-                const int64_t o = b.out_row(q0 + i, l) + (b.k - need) + rank;
-                b.dist[o] = d;
-                b.idx[o] = n;
-              }
-            }
-          });
-    }
+    for_each_chunk_distance(b, len, c, q0, nvalid, [&](int i, int l, int d, const ChunkStep& step) {
+      const int64_t r = (q0 + i) * len.n + l;
+      const int t = b.thr[r];
+      const bool is_below = step.valid && d < t, is_at = step.valid && d == t;
+      const unsigned below = __ballot_sync(kFull, is_below);
+      const unsigned at = __ballot_sync(kFull, is_at);
+      if ((below | at) == 0u) return;  // warp-uniform
+      unsigned* slot = cnt + (i * len.n + l) * 2;
+      const unsigned below_off = slot[0], at_off = slot[1];
+      __syncwarp();
+      if (lane == 0) {
+        slot[0] = below_off + __popc(below);
+        slot[1] = at_off + __popc(at);
+      }
+      __syncwarp();
+      if (is_below) {
+        const int64_t pos = r * b.k + below_off + __popc(below & lower_lanes);
+        b.tmp_dist[pos] = d;
+        b.tmp_idx[pos] = static_cast<int>(step.n);
+      }
+      if (is_at) {
+        const unsigned need = b.need[r];
+        const unsigned rank = at_off + __popc(at & lower_lanes);
+        if (rank < need) {
+          const int64_t o = b.out_row(q0 + i, l) + (b.k - need) + rank;
+          b.dist[o] = d;
+          b.idx[o] = step.n;
+        }
+      }
+    });
     __syncwarp();
   }
 }
