@@ -26,7 +26,7 @@ struct ApAtK {
   int64_t* hits;
   TopkSlot slot(int64_t, int, TopkSlot scratch) const { return scratch; }
   void done(int64_t i, int l, TopkSlot s) const {
-    const int LS = LW == 0 ? 1 : label_stride(p);
+    const int LS = label_stride(p);
     const uint64_t* ql = p.q_labels + i * LS;
     double acc = 0.0;
     int64_t found = 0;
@@ -59,18 +59,13 @@ static void index_ap_topk(const at::Tensor& q, const at::Tensor& db, at::IntArra
   const int64_t nq = q.size(0), N = db.size(0);
   const LengthPlan plan(bits.data(), static_cast<int>(bits.size()));
   const TopkScanArgs args{p.q, p.db, q.size(1), &plan};
-  auto run = [&](auto lw) {
+  dispatch_labels(p.label_words, [&](auto lw) {
     ApAtK<decltype(lw)::value> sink{p, nq, k, ap, hits};
     if (records_apply(plan, N))
       topk_run<RecordLists>(args, nq, N, k, sink);
     else
       topk_run<CandidateLists>(args, nq, N, k, sink);
-  };
-  switch (p.label_words) {
-    case 0: return run(std::integral_constant<int, 0>());
-    case 1: return run(std::integral_constant<int, 1>());
-    default: return run(std::integral_constant<int, -1>());
-  }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> index_ap_cpu(const at::Tensor& q_in, const at::Tensor& db_in, const at::Tensor& ql_in,

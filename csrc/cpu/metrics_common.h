@@ -76,19 +76,24 @@ struct TypeTag {
   using type = T;
 };
 
+// f(std::integral_constant<int, LW>): the label layout of relevant_t as a compile-time constant
+// (0: class indices, 1 or 2 words of multi-hot bits, -1: any other word count).
+template <class F>
+void dispatch_labels(int label_words, F&& f) {
+  switch (label_words) {
+    case 0: f(std::integral_constant<int, 0>()); break;
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    default: f(std::integral_constant<int, -1>()); break;
+  }
+}
+
 // f(TypeTag<D>, std::integral_constant<int, LW>): the distance policy of kernels/ap_block_cpu.h
 // (a compile-time specialisation for the common length sets, else by word count) and the label
 // layout of relevant_t, so the hot loops of the common shapes are fully unrolled.
 template <class F>
 void dispatch_lengths_labels(at::IntArrayRef bits, int words, int label_words, F&& f) {
-  auto labels = [&](auto plan) {
-    switch (label_words) {
-      case 0: f(plan, std::integral_constant<int, 0>()); break;
-      case 1: f(plan, std::integral_constant<int, 1>()); break;
-      case 2: f(plan, std::integral_constant<int, 2>()); break;
-      default: f(plan, std::integral_constant<int, -1>()); break;
-    }
-  };
+  auto labels = [&](auto plan) { dispatch_labels(label_words, [&](auto lw) { f(plan, lw); }); };
   const int64_t* b = bits.data();
   const int L = int(bits.size());
   if (FixedLengths<8, 16, 32, 64, 128>::matches(b, L, words)) return labels(TypeTag<FixedLengths<8, 16, 32, 64, 128>>());
