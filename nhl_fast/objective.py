@@ -143,7 +143,7 @@ class NHLObjective(nn.Module):
         #: use the base loss's closed-form per-length gradients (``length_grads``, e.g. CSQ) when it
         #: has them; False forces the generic autograd path (any loss goes through it)
         self.closed_form = True
-        self._masks: dict = {}  # device -> _pack_index, built once per device
+        self._pack_indices: dict = {}  # device -> _pack_index, built once per device
         self.last_weights: Optional[Tensor] = None
         self.last_conflicts: Optional[Tensor] = None
         self.last_grad_dots: Optional[Tensor] = None
@@ -183,11 +183,11 @@ class NHLObjective(nn.Module):
 
     def _pack_index(self, device) -> Tensor:
         """(sum b_k,) positions, in a (K * b_max) flattening, of the packed columns [G_1[:, :b_1], ..., G_K[:, :b_K]]."""
-        if device not in self._masks:
+        if device not in self._pack_indices:
             b_max = self.bit_list[-1]
-            self._masks[device] = torch.cat([torch.arange(b, device=device) + k * b_max
+            self._pack_indices[device] = torch.cat([torch.arange(b, device=device) + k * b_max
                                              for k, b in enumerate(self.bit_list)])
-        return self._masks[device]
+        return self._pack_indices[device]
 
     def _loss_grads(self, losses: Tensor, u: Tensor) -> Tensor:
         """(B, sum b_k) packed dL_k/du[:, :b_k] through the base loss graph only (one batched autograd call)."""

@@ -215,7 +215,6 @@ inline void topk_scan_avx2(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_
     bool short_list = false;
     for (int l = 0; l < L; ++l) short_list |= start[qi * L + l] > 0 && lists.thresh[qi * L + l] == start[qi * L + l];
     if (!short_list) continue;
-    
     lists.reset_query(qi);
     scan.refresh(lists, qi, L == 64 ? ~uint64_t(0) : (uint64_t(1) << L) - 1);
     scan.scan_rows(n0, n1, qi, qi + 1, lists);
