@@ -174,7 +174,6 @@ inline uint64_t filter_two_groups(const uint8_t* pair, const QueryTables<WU>& qt
       if (++l == L) break;
     }
   }
-  if (_mm256_testz_si256(_mm256_or_si256(hit0, hit1), _mm256_or_si256(hit0, hit1))) return 0;
   return uint64_t(hit_lanes(hit0)) | (uint64_t(hit_lanes(hit1)) << 32);
 }
 

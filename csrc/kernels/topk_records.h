@@ -16,12 +16,15 @@
 // drops records that no length keeps by that same rule, bounding a query to cap records.
 // The same facts make `below` a function of the records alone (the records with d_l < t_l:
 // all held, none dropped), so no histogram is kept: when below reaches k, t falls by counting
-// the records at the next distance down (a SIMD pass; thresholds fall rarely), and a scan
-// step's lanes are counted at once by a popcount.
+// the records at the next distance down (a SIMD pass; thresholds fall rarely). Records are
+// counted into `below` in batches (settle(): one SIMD pass per length over the new ones), so
+// an append is only stores; a threshold then falls a batch late, which admits a few more
+// records and changes nothing else (a record beyond every threshold is never taken).
 // Needs distances <= 255 (bits <= 255) and fewer than 2^32 rows per scan.
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -33,14 +36,31 @@
 
 namespace nhl {
 
+// Storage left uninitialised: records are written before they are read, and zeroing the whole
+// capacity (2 L k records per query) costs more than the scan itself at small k.
+template <class T>
+struct UninitArray {
+  std::unique_ptr<T[]> p;
+  int64_t size = 0;
+  void reserve(int64_t n) {
+    if (n > size) p.reset(new T[n]), size = n;
+  }
+  T* data() { return p.get(); }
+  const T* data() const { return p.get(); }
+};
+
 struct RecordLists : LengthThresholds {
   int64_t cap = 0, base = 0;    // base: the scan's first row (records hold row - base)
   int64_t seg = 0;              // cap + 64: slack for whole-vector stores past the last record
   bool wide = false;            // AVX-512 paths (the scan then calls offer_lanes_avx512)
   std::vector<int64_t> nrec;    // per query: records held
-  std::vector<uint32_t> rows;   // (nq, seg) row offsets
-  std::vector<uint8_t> dists;   // (nq, L, seg) distances: per length contiguous (SIMD passes)
-  std::vector<uint32_t> picks;  // emit_sorted: the records it takes
+  std::vector<int64_t> counted; // per query: records [0, counted) are in `below` (settle())
+  static constexpr int64_t kSettle = 64;
+  UninitArray<uint32_t> rows;   // (nq, seg) row offsets
+  UninitArray<uint8_t> dists;   // (nq, L, seg) distances: per length contiguous (SIMD passes)
+  std::vector<uint8_t> pick_d;   // emit_sorted: the distances and rows of the records it takes
+  std::vector<uint32_t> pick_r;
+  std::vector<int64_t> quarter_pos;  // emit_sorted's counting sort
 
   uint32_t* rows_of(int64_t qi) { return rows.data() + qi * seg; }
   const uint32_t* rows_of(int64_t qi) const { return rows.data() + qi * seg; }
@@ -50,8 +70,9 @@ struct RecordLists : LengthThresholds {
   // Bytes one query needs (for sizing query blocks).
   static int64_t bytes_per_query(int64_t k, int L) { return default_cap(k, L) * (4 + L) + int64_t(L) * 16; }
   // After compaction at most L * k records remain, so cap = 2 L k makes compaction O(L) per
-  // record; cap >= L k + 64 leaves room for a whole scan step (offer_lanes).
-  static int64_t default_cap(int64_t k, int L) { return std::max<int64_t>(2 * L * k, L * k + 64); }
+  // record; + 4 kSettle leaves room for whole scan steps (offer_lanes) and for the records
+  // that wait to be counted (small k would compact every few steps otherwise).
+  static int64_t default_cap(int64_t k, int L) { return 2 * L * k + 4 * kSettle; }
 
   void reset(int64_t nq_, int64_t k_, const std::vector<int>& bits, int64_t cap_ = 0, int64_t base_ = 0) {
     reset_thresholds(nq_, k_, bits);
@@ -59,15 +80,17 @@ struct RecordLists : LengthThresholds {
     cap = cap_ > 0 ? std::max(cap_, L * k + 64) : default_cap(k, L);
     seg = cap + 64;
     wide = records_avx512();
-    if (rows.size() < static_cast<size_t>(nq * seg)) rows.resize(nq * seg);
-    if (dists.size() < static_cast<size_t>(nq * seg * L)) dists.resize(nq * seg * L);
+    rows.reserve(nq * seg);
+    dists.reserve(nq * seg * L);
     nrec.assign(nq, 0);
-    picks.resize(cap + 16);  // + a whole-vector store
+    counted.assign(nq, 0);
+    pick_d.resize(cap + 64);  // + a whole-vector store
+    pick_r.resize(cap + 64);
   }
 
   // Empty query qi (all lengths), thresholds back to "anything enters".
   void reset_query(int64_t qi) {
-    nrec[qi] = 0;
+    nrec[qi] = counted[qi] = 0;
     reset_query_thresholds(qi);
   }
 
@@ -85,7 +108,7 @@ struct RecordLists : LengthThresholds {
     const int64_t n = nrec[qi] == cap ? compact(qi) : nrec[qi];
     rows_of(qi)[n] = static_cast<uint32_t>(j - base);
     for (int l = 0; l < L; ++l) dists_of(qi, l)[n] = static_cast<uint8_t>(dist[l]);
-    nrec[qi] = n + 1;
+    nrec[qi] = counted[qi] = n + 1;
     for (uint64_t m = full; m; m &= m - 1) lower(qi, __builtin_ctzll(m));
     return full;
   }
@@ -124,47 +147,92 @@ struct RecordLists : LengthThresholds {
       uint8_t* to = rd + n;
       for (int l = 0; l < nl; ++l, from += 64, to += stride) *to = *from;
     }
-    nrec[qi] = n;
+    nrec[qi] = counted[qi] = n;
     for (uint64_t m = full; m; m &= m - 1) lower(qi, __builtin_ctzll(m));
     return full;
   }
 #endif
 
 #ifdef NHL_RECORDS_AVX512
-  // offer_lanes with one 64-lane compress per length and four for the rows: no per-record
-  // loop, so no branch on how many lanes hit. Stores write whole vectors (seg = cap + 64).
-  // Called from the AVX-512 scan loop (topk_scan.h), into which it is inlined; dist 64-aligned.
+  // offer_lanes with one 64-lane compress per length (and the rows by one byte compress when
+  // the step is contiguous and has at most 16 hits, the usual case; else four dword
+  // compresses): no per-record loop, so no branch on how many lanes hit. The lanes are not
+  // counted here but by settle() once kSettle records are pending: a step then costs its
+  // stores alone, and thresholds fall at most that many records late (a few more records,
+  // the same result). Called from the AVX-512 scan loop (topk_scan.h), into which it is
+  // inlined; dist 64-aligned.
   NHL_TARGET_AVX512 __attribute__((always_inline)) uint64_t offer_lanes_avx512(int64_t qi, const uint8_t* dist, uint64_t lanes, int64_t row0,
                                                 int64_t row1) {
     const int hits = __builtin_popcountll(lanes);
-    const int64_t n = nrec[qi] + hits > cap ? compact(qi) : nrec[qi];  // cap >= L k + 64
-    const int32_t* th = thresh.data() + qi * L;
-    int64_t* bl = below.data() + qi * L;
+    uint64_t lowered = 0;
+    if (nrec[qi] + hits > cap) lowered = settle(qi), compact(qi);  // cap >= L k + 64
+    const int64_t n = nrec[qi];
     uint8_t* rd = dists_of(qi, 0) + n;
-    const int nl = L;
-    const int64_t stride = seg;
-    uint64_t full = 0;
-    for (int l = 0; l < nl; ++l) {
-      // One 64-byte load: the AVX-512 filter (nibble_avx512.h) just stored it whole, so it is
-      // forwarded from the store buffer.
-      const __m512i d = _mm512_load_si512(dist + l * 64);
-      const __mmask64 in = _mm512_mask_cmplt_epu8_mask(lanes, d, _mm512_set1_epi8(static_cast<char>(std::min(th[l], 255))));
-      full |= uint64_t((bl[l] += __builtin_popcountll(in)) >= k) << l;  // counted now (see offer_lanes)
-      _mm512_storeu_si512(rd + l * stride, _mm512_maskz_compress_epi8(lanes, d));
-    }
     uint32_t* r = rows_of(qi) + n;
-    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    for (int c = 0; c < 4; ++c) {  // lanes 16c..16c+15: rows (c < 2 ? row0 : row1) + lane
-      const __mmask16 m = static_cast<__mmask16>(lanes >> (16 * c));
-      const int64_t first = (c < 2 ? row0 : row1) - base + 16 * c;
-      _mm512_storeu_si512(r, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(first)))));
-      r += __builtin_popcount(m);
+    const int nl = L;  // locals: the stores below may alias any member
+    const int64_t stride = seg;
+    if (hits <= 16 && row0 == row1) {  // 16-byte stores: the step's records touch one line per stream
+      for (int l = 0; l < nl; ++l)
+        _mm512_mask_storeu_epi8(rd + l * stride, 0xFFFF, _mm512_maskz_compress_epi8(lanes, _mm512_load_si512(dist + l * 64)));
+      // zero-masked forms: GCC 12 warns (falsely) about the plain ones' undefined sources
+      const __m128i hit_ids = _mm512_maskz_extracti32x4_epi32(0xF, _mm512_maskz_compress_epi8(lanes, lane_ids()), 0);
+      _mm512_storeu_si512(r, _mm512_add_epi32(_mm512_maskz_cvtepu8_epi32(0xFFFF, hit_ids),
+                                              _mm512_set1_epi32(static_cast<int32_t>(row0 - base))));
+    } else {  // stores write whole vectors (seg = cap + 64)
+      for (int l = 0; l < nl; ++l) _mm512_storeu_si512(rd + l * stride, _mm512_maskz_compress_epi8(lanes, _mm512_load_si512(dist + l * 64)));
+      const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+      for (int c = 0; c < 4; ++c) {  // lanes 16c..16c+15: rows (c < 2 ? row0 : row1) + lane
+        const __mmask16 m = static_cast<__mmask16>(lanes >> (16 * c));
+        const int64_t first = (c < 2 ? row0 : row1) - base + 16 * c;
+        _mm512_storeu_si512(r, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(first)))));
+        r += __builtin_popcount(m);
+      }
     }
     nrec[qi] = n + hits;
+    if (nrec[qi] - counted[qi] >= kSettle) lowered |= settle(qi);
+    return lowered;
+  }
+  NHL_TARGET_AVX512 static __m512i lane_ids() {  // bytes 0..63
+    alignas(64) static const uint8_t ids[64] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63};
+    return _mm512_load_si512(ids);
+  }
+#endif
+
+  // Records of length l's distances d[0..n) below t.
+  static int64_t count_below(const uint8_t* d, int64_t n, int32_t t) {
+    if (t > 255) return n;  // uint8 distances
+    int64_t c = 0, j = 0;
+#if defined(__AVX2__)
+    const __m256i tv = _mm256_set1_epi8(static_cast<char>(t)), zero = _mm256_setzero_si256();
+    for (; j + 32 <= n; j += 32) {  // subs(t, d) > 0 where d < t
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(d + j));
+      c += __builtin_popcount(~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_subs_epu8(tv, v), zero))));
+    }
+#endif
+    for (; j < n; ++j) c += d[j] < t;
+    return c;
+  }
+
+  void settle_all() {
+    for (int64_t qi = 0; qi < nq; ++qi) settle(qi);
+  }
+
+  // Count the records of query qi appended since the last count into `below` (against the
+  // thresholds now) and lower the thresholds that reach k. Returns the mask of lengths whose
+  // threshold dropped. Everything that reads `below` (compact, extract, emit_sorted) settles
+  // first.
+  uint64_t settle(int64_t qi) {
+    const int64_t from = counted[qi], n = nrec[qi] - from;
+    if (n == 0) return 0;
+    uint64_t full = 0;
+    for (int l = 0; l < L; ++l) {
+      const int64_t list = qi * L + l;
+      full |= uint64_t((below[list] += count_below(dists_of(qi, l) + from, n, thresh[list])) >= k) << l;
+    }
+    counted[qi] = nrec[qi];
     for (uint64_t m = full; m; m &= m - 1) lower(qi, __builtin_ctzll(m));
     return full;
   }
-#endif
 
   // Records of query qi at distance v for length l.
   int64_t count_at(int64_t qi, int l, int v) const {
@@ -201,6 +269,7 @@ struct RecordLists : LengthThresholds {
 
   // One stable pass keeping the records some length still needs; returns how many.
   int64_t compact(int64_t qi) {
+    settle(qi);
     int64_t need[64];
     const int32_t* th = thresh.data() + qi * L;
     for (int l = 0; l < L; ++l) need[l] = k - below[qi * L + l];
@@ -220,11 +289,12 @@ struct RecordLists : LengthThresholds {
       r[out] = r[j];
       out += keep;
     }
-    return nrec[qi] = out;
+    return nrec[qi] = counted[qi] = out;
   }
 
   // Length l's best min(k, offered) items of query qi, in index order; returns how many.
-  int64_t extract(int64_t list, int32_t* out_d, int64_t* out_i) const {
+  int64_t extract(int64_t list, int32_t* out_d, int64_t* out_i) {
+    settle(list / L);
     const int64_t qi = list / L;
     const int l = static_cast<int>(list % L);
     const int32_t t = thresh[list];
@@ -244,46 +314,66 @@ struct RecordLists : LengthThresholds {
   }
 
   // Length l's best min(k, offered) items of query qi sorted (distance, then index): the
-  // records it takes (all d < t, the first k - below at d == t) in record order, counted per
-  // distance, then placed by a stable counting sort.
+  // records it takes (all d < t, the first k - below at d == t) copied out in record order
+  // (distances and rows side by side, so the sort reads them in order), counted per distance,
+  // then placed by a stable counting sort.
   void emit_sorted(int64_t list, int32_t* out_d, int64_t* out_i) {
+    settle(list / L);
     const int64_t qi = list / L;
     const int l = static_cast<int>(list % L);
     const int32_t t = thresh[list];
     const uint32_t* r = rows_of(qi);
     const uint8_t* d = dists_of(qi, l);
-    uint32_t* pick = picks.data();
+    uint8_t* pd = pick_d.data();
+    uint32_t* pr = pick_r.data();
 #ifdef NHL_RECORDS_AVX512
-    const int64_t m = wide ? pick_avx512(d, nrec[qi], t, k - below[list], pick) : pick_records(d, nrec[qi], t, k - below[list], pick);
+    const int64_t m = wide ? pick_avx512(d, r, nrec[qi], t, k - below[list], pd, pr) : pick_records(d, r, nrec[qi], t, k - below[list], pd, pr);
 #else
-    const int64_t m = pick_records(d, nrec[qi], t, k - below[list], pick);
+    const int64_t m = pick_records(d, r, nrec[qi], t, k - below[list], pd, pr);
 #endif
-    int64_t* pos = scratch.data();
-    std::fill(pos, pos + t + 1, 0);
-    for (int64_t i = 0; i < m; ++i) ++pos[d[pick[i]]];
-    int64_t at = 0;  // pos[v]: the first output slot of distance v
-    for (int v = 0; v <= t && v <= max_d[l]; ++v) {
-      const int64_t c = pos[v];
-      pos[v] = at;
-      at += c;
-    }
-    for (int64_t i = 0; i < m; ++i) {
-      const int32_t dj = d[pick[i]];
-      const int64_t slot = pos[dj]++;
+    // The counting sort in four quarters of the records, interleaved: a counter bumped by
+    // consecutive items waits on its own store, so one chain would cost a store-forwarding
+    // latency per item. Quarter j's items of distance v go after quarters 0..j-1's (stable).
+    const int nb = std::min(t, max_d[l]) + 1;
+    if (quarter_pos.size() < static_cast<size_t>(4 * nb)) quarter_pos.resize(4 * nb);
+    int64_t* pos = quarter_pos.data();  // pos[j * nb + v]
+    std::fill(pos, pos + 4 * nb, 0);
+    const int64_t from[5] = {0, m / 4, m / 2, 3 * m / 4, m};
+    auto each = [&](auto&& f) {  // f(quarter, item) over the quarters in step
+      const int64_t len = from[1];  // the shortest quarter
+      for (int64_t i = 0; i < len; ++i)
+        for (int j = 0; j < 4; ++j) f(j, from[j] + i);
+      for (int j = 0; j < 4; ++j)
+        for (int64_t i = from[j] + len; i < from[j + 1]; ++i) f(j, i);
+    };
+    each([&](int j, int64_t i) { ++pos[j * nb + pd[i]]; });
+    int64_t at = 0;
+    for (int v = 0; v < nb; ++v)
+      for (int j = 0; j < 4; ++j) {
+        const int64_t c = pos[j * nb + v];
+        pos[j * nb + v] = at;
+        at += c;
+      }
+    const int64_t b = base;
+    each([&](int j, int64_t i) {
+      const int32_t dj = pd[i];
+      const int64_t slot = pos[j * nb + dj]++;
       out_d[slot] = dj;
-      out_i[slot] = base + r[pick[i]];
-    }
+      out_i[slot] = b + pr[i];
+    });
   }
 
-  // The records (of n, distances d) a length with threshold t takes: every d < t and the first
-  // `need` at d == t, in record order, into pick; returns how many.
-  static int64_t pick_records(const uint8_t* d, int64_t n, int32_t t, int64_t need, uint32_t* pick) {
+  // The records (of n: distances d, rows r) a length with threshold t takes: every d < t and the
+  // first `need` at d == t, in record order, into pd / pr; returns how many.
+  static int64_t pick_records(const uint8_t* d, const uint32_t* r, int64_t n, int32_t t, int64_t need, uint8_t* pd,
+                              uint32_t* pr) {
     int64_t m = 0;
     auto take = [&](int64_t j) {  // branch-free: at d == t, whether `need` is left is data-dependent
       const int32_t dj = d[j];
       const int64_t in = (dj < t) | ((dj == t) & (need > 0));
       need -= (dj == t) & in;
-      pick[m] = static_cast<uint32_t>(j);
+      pd[m] = static_cast<uint8_t>(dj);
+      pr[m] = r[j];
       m += in;
     };
     int64_t j = 0;
@@ -303,11 +393,12 @@ struct RecordLists : LengthThresholds {
 
 #ifdef NHL_RECORDS_AVX512
   // pick_records 64 records at a time, branch-free: the mask of d < t, plus the first `need`
-  // set bits of the mask of d == t (pdep finds the last one), compress-stored as indices.
-  NHL_TARGET_AVX512 static int64_t pick_avx512(const uint8_t* d, int64_t n, int32_t t, int64_t need, uint32_t* pick) {
-    if (t > 255) return pick_records(d, n, t, need, pick);  // uint8 lanes: every record is below t
+  // set bits of the mask of d == t (pdep finds the last one); their distances and rows are
+  // compress-stored (whole vectors: pd / pr have 64 entries of slack).
+  NHL_TARGET_AVX512 static int64_t pick_avx512(const uint8_t* d, const uint32_t* r, int64_t n, int32_t t, int64_t need,
+                                               uint8_t* pd, uint32_t* pr) {
+    if (t > 255) return pick_records(d, r, n, t, need, pd, pr);  // uint8 lanes: every record is below t
     const __m512i tv = _mm512_set1_epi8(static_cast<char>(t));
-    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     int64_t m = 0;
     for (int64_t j = 0; j < n; j += 64) {
       const __mmask64 valid = n - j >= 64 ? ~__mmask64(0) : (__mmask64(1) << (n - j)) - 1;
@@ -317,10 +408,11 @@ struct RecordLists : LengthThresholds {
       need -= take;
       const uint64_t last = take ? _pdep_u64(uint64_t(1) << (take - 1), eq) : 0;  // the take-th set bit
       const uint64_t keep = lt | (eq & ((last << 1) - 1) & -uint64_t(take > 0));
+      if (!keep) continue;
+      _mm512_storeu_si512(pd + m, _mm512_maskz_compress_epi8(keep, v));
       for (int c = 0; c < 4; ++c) {
         const __mmask16 k16 = static_cast<__mmask16>(keep >> (16 * c));
-        _mm512_storeu_si512(pick + m, _mm512_maskz_compress_epi32(
-                                          k16, _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(j + 16 * c)))));
+        _mm512_storeu_si512(pr + m, _mm512_maskz_compress_epi32(k16, _mm512_maskz_loadu_epi32(k16, r + j + 16 * c)));
         m += __builtin_popcount(k16);
       }
     }

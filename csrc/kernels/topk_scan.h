@@ -66,22 +66,33 @@ struct NibbleScan {
   const avx2::UnitPlan& up;
   int64_t q0, nq;
   int L;
-  std::vector<uint8_t> tile_raw, thr_raw;
-  uint8_t *tile, *thr;  // 64-byte aligned
+  static constexpr int kSteps = kGroups / 2;
+  static constexpr int kSub = 16;  // queries filtered before their hits are handled
+  std::vector<uint8_t> tile_raw, thr_raw, dist_raw;
+  uint8_t *tile, *thr, *dist;  // 64-byte aligned; dist: per logged step, (L, 64) distances
   std::vector<avx2::QueryTables<WU>> qt;
-  alignas(64) uint8_t dist[64 * 2 * avx2::kLanes];  // one step's distances, per length (filter_two_groups)
   bool wide;  // the AVX-512 filter and record appends (scan_avx512())
   int64_t first[kGroups];
   int size[kGroups];
+  uint64_t step_lanes[kSteps];           // the lanes of step s (groups 2s, 2s + 1) that hold codes
+  int64_t row0[kSteps], row1[kSteps];    // step s's lane < 32 is row row0 + lane, else row1 + lane
+  struct HitStep {
+    int64_t qi;
+    int64_t s;
+    uint64_t hits;
+  };
+  HitStep log[kSub * kSteps];  // the steps with hits of the queries just filtered; step i's
+                               // distances at logged_dist(i)
 
   static uint8_t* align64(std::vector<uint8_t>& v) {
     return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
   }
   NibbleScan(const TopkScanArgs& args, const avx2::UnitPlan& plan, int64_t q0_, int64_t q1, int L_, bool wide_)
       : a(args), up(plan), q0(q0_), nq(q1 - q0_), L(L_), tile_raw(kGroups * U * avx2::kLanes + 64),
-        thr_raw(nq * L * avx2::kLanes + 64), qt(nq), wide(wide_) {
+        thr_raw(nq * L * avx2::kLanes + 64), dist_raw(int64_t(kSub) * kSteps * L * 64 + 64), qt(nq), wide(wide_) {
     tile = align64(tile_raw);
     thr = align64(thr_raw);
+    dist = align64(dist_raw);
     for (int64_t qi = 0; qi < nq; ++qi) qt[qi].init(a.q + (q0 + qi) * a.W, up);
   }
 
@@ -99,53 +110,86 @@ struct NibbleScan {
     for (int64_t qi = 0; qi < nq; ++qi) refresh(lists, qi, L == 64 ? ~uint64_t(0) : (uint64_t(1) << L) - 1);
   }
 
-  // Scan the groups first[0..groups) for queries [qa, qb) of the block.
+  // Scan the groups first[0..groups) for queries [qa, qb) of the block, kSub queries at a time:
+  // first every step of every query is filtered, the steps with hits only logged (their
+  // distances kept), with no branch on hits; then the logged steps go to the lists. Why: a hit
+  // is rare and unpredictable, and a mispredicted branch inside the filter loop also throws
+  // away the filter work of the next steps already in flight (a step's hit mask resolves only
+  // after its whole chain of unit sums). Lanes are judged against the thresholds at the tile's
+  // start: a threshold that fell meanwhile only lets a few more records in (topk_records.h).
   template <class Lists>
   void scan_tile(int64_t groups, int64_t qa, int64_t qb, Lists& lists) {
     using avx2::kLanes;
     for (int64_t g = 0; g < groups; ++g)
       avx2::transpose_group<WU>(a.db + first[g] * a.W, a.W, size[g], pair_of(g) + (g & 1) * kLanes, 2 * kLanes);
+    const int steps = static_cast<int>((groups + 1) / 2);
+    auto lanes = [](int n) { return n == kLanes ? 0xFFFFFFFFull : (uint64_t(1) << n) - 1; };
+    for (int s = 0; s < steps; ++s) {  // a lone last group's pair half is masked off
+      const int64_t g = 2 * s;
+      step_lanes[s] = lanes(size[g]) | (g + 1 < groups ? lanes(size[g + 1]) << 32 : 0);
+      row0[s] = first[g];
+      row1[s] = (g + 1 < groups ? first[g + 1] : first[g]) - kLanes;
+    }
+    for (int64_t q = qa; q < qb; q += kSub) {
+      const int64_t qe = std::min(qb, q + kSub);
 #ifdef NHL_RECORDS_AVX512
-    if (wide) return scan_queries_avx512(groups, qa, qb, lists);
-#endif
-    for (int64_t qi = qa; qi < qb; ++qi)
-      for (int64_t g = 0; g < groups; g += 2) {  // two groups per step; a lone last group's pair half is masked off
-        const uint64_t hits = avx2::filter_two_groups<WU>(pair_of(g), qt[qi], up, thr + qi * L * kLanes, dist) & step_lanes(g, groups);
-        if (!hits) continue;
-        const uint64_t lowered = lists.offer_lanes(qi, dist, hits, first[g], first[std::min(g + 1, groups - 1)] - kLanes);
-        if (lowered) refresh(lists, qi, lowered);
+      if (wide) {
+        offer_log_avx512(filter_queries_avx512(q, qe, steps), lists);
+        continue;
       }
+#endif
+      int n = 0;
+      for (int64_t qi = q; qi < qe; ++qi)
+        for (int s = 0; s < steps; ++s) {
+          const uint64_t hits =
+              avx2::filter_two_groups<WU>(pair_of(2 * s), qt[qi], up, thr + qi * L * kLanes, logged_dist(n)) & step_lanes[s];
+          log[n] = HitStep{qi, s, hits};
+          n += hits != 0;
+        }
+      for (int i = 0; i < n; ++i) {
+        const HitStep& h = log[i];
+        const uint64_t lowered = lists.offer_lanes(h.qi, logged_dist(i), h.hits, row0[h.s], row1[h.s]);
+        if (lowered) refresh(lists, h.qi, lowered);
+      }
+    }
   }
 
 #ifdef NHL_RECORDS_AVX512
-  // scan_tile's query loop as one AVX-512 function: the filter and the record append inline, so
-  // a step with hits costs no call.
-  template <class Lists>
-  NHL_TARGET_AVX512 void scan_queries_avx512(int64_t groups, int64_t qa, int64_t qb, Lists& lists) {
-    using avx2::kLanes;
-    for (int64_t qi = qa; qi < qb; ++qi)
-      for (int64_t g = 0; g < groups; g += 2) {
-        const uint64_t hits = avx512::filter_pair<WU>(pair_of(g), qt[qi], up, thr + qi * L * kLanes, dist) & step_lanes(g, groups);
-        if (!hits) continue;
-        const uint64_t lowered = offer_wide(lists, qi, hits, first[g], first[std::min(g + 1, groups - 1)] - kLanes);
-        if (lowered) refresh(lists, qi, lowered);
+  // scan_tile's filter loop with the AVX-512 filter (one AVX-512 function, so it inlines);
+  // returns how many steps it logged.
+  NHL_TARGET_AVX512 int filter_queries_avx512(int64_t q, int64_t qe, int steps) {
+    int n = 0;
+    for (int64_t qi = q; qi < qe; ++qi)
+      for (int s = 0; s < steps; ++s) {
+        const uint64_t hits =
+            avx512::filter_pair<WU>(pair_of(2 * s), qt[qi], up, thr + qi * L * avx2::kLanes, logged_dist(n)) & step_lanes[s];
+        log[n] = HitStep{qi, s, hits};
+        n += hits != 0;
       }
+    return n;
   }
-  NHL_TARGET_AVX512 uint64_t offer_wide(RecordLists& lists, int64_t qi, uint64_t hits, int64_t row0, int64_t row1) {
-    return lists.offer_lanes_avx512(qi, dist, hits, row0, row1);
+  template <class Lists>
+  NHL_TARGET_AVX512 void offer_log_avx512(int n, Lists& lists) {
+    for (int i = 0; i < n; ++i) {
+      const HitStep& h = log[i];
+      const uint64_t lowered = offer_wide(lists, h.qi, logged_dist(i), h.hits, row0[h.s], row1[h.s]);
+      if (lowered) refresh(lists, h.qi, lowered);
+    }
   }
-  template <class Lists>  // CandidateLists (the warm-start sample)
-  uint64_t offer_wide(Lists& lists, int64_t qi, uint64_t hits, int64_t row0, int64_t row1) {
-    return lists.offer_lanes(qi, dist, hits, row0, row1);
+  NHL_TARGET_AVX512 uint64_t offer_wide(RecordLists& lists, int64_t qi, const uint8_t* d, uint64_t hits, int64_t r0, int64_t r1) {
+    return lists.offer_lanes_avx512(qi, d, hits, r0, r1);
+  }
+  template <class Lists>  // CandidateLists (where record lists do not apply)
+  uint64_t offer_wide(Lists& lists, int64_t qi, const uint8_t* d, uint64_t hits, int64_t r0, int64_t r1) {
+    return lists.offer_lanes(qi, d, hits, r0, r1);
   }
 #endif
+
+  // Where the filter leaves the distances of logged step i (the step being filtered writes to
+  // the next free slot, kept only if it has hits: the slots touched stay few).
+  uint8_t* logged_dist(int64_t i) const { return dist + i * L * 64; }
 
   uint8_t* pair_of(int64_t g) const { return tile + (g / 2) * U * 2 * avx2::kLanes; }
-  // The lanes of step g (groups g and g + 1) that hold codes.
-  uint64_t step_lanes(int64_t g, int64_t groups) const {
-    auto lanes = [](int n) { return n == avx2::kLanes ? 0xFFFFFFFFull : (uint64_t(1) << n) - 1; };
-    return lanes(size[g]) | (g + 1 < groups ? lanes(size[g + 1]) << 32 : 0);
-  }
 
   // Rows [n0, n1) in order, for queries [qa, qb).
   template <class Lists>
@@ -197,20 +241,32 @@ inline void topk_scan_avx2(const TopkScanArgs& a, int64_t q0, int64_t q1, int64_
     const int64_t sample_groups = (rows / avx2::kLanes + a.sample_every / 2) / a.sample_every;
     const double frac = double(sample_groups * avx2::kLanes) / double(rows);
     const int64_t ks = static_cast<int64_t>(a.sample_margin * double(k) * frac) + 4;
-    if (sample_groups > 0 && ks * 4 <= sample_groups * avx2::kLanes) {
-      CandidateLists sample;
-      sample.reset(nq, ks, lists.max_d, ks + std::max<int64_t>(ks, 64));
+    auto take_thresholds = [&](auto& sample) {
       scan.refresh_all(sample);
       scan.scan_sample(n0, n1, a.sample_every, sample);
+      sample.settle_all();
       for (int64_t list = 0; list < nq * L; ++list) {
         const int32_t t = std::min(lists.thresh[list], sample.thresh[list] + 1);
         if (t < lists.thresh[list]) lists.thresh[list] = start[list] = t, warm = true;
+      }
+    };
+    if (sample_groups > 0 && ks * 4 <= sample_groups * avx2::kLanes) {
+      if (rows <= int64_t(UINT32_MAX)) {  // record lists: one record per sampled hit, as in the scan
+        RecordLists sample;  // early on every sampled row is a record: room for 8 L ks of them
+        sample.reset(nq, ks, lists.max_d, 8 * L * ks, n0);
+        sample.wide = scan.wide;
+        take_thresholds(sample);
+      } else {
+        CandidateLists sample;
+        sample.reset(nq, ks, lists.max_d, ks + std::max<int64_t>(ks, 64));
+        take_thresholds(sample);
       }
     }
   }
   scan.refresh_all(lists);
   scan.scan_rows(n0, n1, 0, nq, lists);
   if (!warm) return;
+  lists.settle_all();  // thresholds as every record says
   for (int64_t qi = 0; qi < nq; ++qi) {  // exactness check: a warm list must have lowered its threshold
     bool short_list = false;
     for (int l = 0; l < L; ++l) short_list |= start[qi * L + l] > 0 && lists.thresh[qi * L + l] == start[qi * L + l];

@@ -193,6 +193,10 @@ struct CandidateLists : LengthThresholds {
     return lowered;
   }
 
+  // The scan's interface with RecordLists, which counts lazily; every item here is counted as
+  // it comes.
+  void settle_all() {}
+
   // List `list`'s best min(k, count) items in index order into out_d / out_idx; returns how many.
   int64_t extract(int64_t list, int32_t* out_d, int64_t* out_idx) {
     const int64_t n = shrink(list);
