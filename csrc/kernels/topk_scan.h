@@ -67,22 +67,16 @@ struct NibbleScan {
   int64_t q0, nq;
   int L;
   static constexpr int kSteps = kGroups / 2;
-  static constexpr int kSub = 16;  // queries filtered before their hits are handled
+  static constexpr int kSub = 64 / kSteps;  // queries filtered before their hits are handled
   std::vector<uint8_t> tile_raw, thr_raw, dist_raw;
-  uint8_t *tile, *thr, *dist;  // 64-byte aligned; dist: per logged step, (L, 64) distances
+  uint8_t *tile, *thr, *dist;  // 64-byte aligned; dist: per (query of the sub-block, step), (L, 64)
   std::vector<avx2::QueryTables<WU>> qt;
   bool wide;  // the AVX-512 filter and record appends (scan_avx512())
   int64_t first[kGroups];
   int size[kGroups];
   uint64_t step_lanes[kSteps];           // the lanes of step s (groups 2s, 2s + 1) that hold codes
   int64_t row0[kSteps], row1[kSteps];    // step s's lane < 32 is row row0 + lane, else row1 + lane
-  struct HitStep {
-    int64_t qi;
-    int64_t s;
-    uint64_t hits;
-  };
-  HitStep log[kSub * kSteps];  // the steps with hits of the queries just filtered; step i's
-                               // distances at logged_dist(i)
+  uint64_t hits[kSub * kSteps];  // per (query of the sub-block, step): the lanes that hit
 
   static uint8_t* align64(std::vector<uint8_t>& v) {
     return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63));
@@ -111,8 +105,8 @@ struct NibbleScan {
   }
 
   // Scan the groups first[0..groups) for queries [qa, qb) of the block, kSub queries at a time:
-  // first every step of every query is filtered, the steps with hits only logged (their
-  // distances kept), with no branch on hits; then the logged steps go to the lists. Why: a hit
+  // first every step of every query is filtered (its distances and hit lanes kept), with no
+  // branch on hits; then the steps that hit go to the lists. Why: a hit
   // is rare and unpredictable, and a mispredicted branch inside the filter loop also throws
   // away the filter work of the next steps already in flight (a step's hit mask resolves only
   // after its whole chain of unit sums). Lanes are judged against the thresholds at the tile's
@@ -134,60 +128,59 @@ struct NibbleScan {
       const int64_t qe = std::min(qb, q + kSub);
 #ifdef NHL_RECORDS_AVX512
       if (wide) {
-        offer_log_avx512(filter_queries_avx512(q, qe, steps), lists);
+        offer_steps_avx512(filter_queries_avx512(q, qe, steps), q, lists);
         continue;
       }
 #endif
-      int n = 0;
+      uint64_t any = 0;  // bit i: step i of the sub-block (query i / kSteps, step i % kSteps) hit
       for (int64_t qi = q; qi < qe; ++qi)
         for (int s = 0; s < steps; ++s) {
-          const uint64_t hits =
-              avx2::filter_two_groups<WU>(pair_of(2 * s), qt[qi], up, thr + qi * L * kLanes, logged_dist(n)) & step_lanes[s];
-          log[n] = HitStep{qi, s, hits};
-          n += hits != 0;
+          const int i = static_cast<int>(qi - q) * kSteps + s;
+          hits[i] = avx2::filter_two_groups<WU>(pair_of(2 * s), qt[qi], up, thr + qi * L * kLanes, step_dist(i)) & step_lanes[s];
+          any |= uint64_t(hits[i] != 0) << i;
         }
-      for (int i = 0; i < n; ++i) {
-        const HitStep& h = log[i];
-        const uint64_t lowered = lists.offer_lanes(h.qi, logged_dist(i), h.hits, row0[h.s], row1[h.s]);
-        if (lowered) refresh(lists, h.qi, lowered);
+      for (; any; any &= any - 1) {
+        const int i = __builtin_ctzll(any), s = i % kSteps;
+        const int64_t qi = q + i / kSteps;
+        const uint64_t lowered = lists.offer_lanes(qi, step_dist(i), hits[i], row0[s], row1[s]);
+        if (lowered) refresh(lists, qi, lowered);
       }
     }
   }
 
 #ifdef NHL_RECORDS_AVX512
   // scan_tile's filter loop with the AVX-512 filter (one AVX-512 function, so it inlines);
-  // returns how many steps it logged.
-  NHL_TARGET_AVX512 int filter_queries_avx512(int64_t q, int64_t qe, int steps) {
-    int n = 0;
+  // returns the mask of sub-block steps that hit.
+  NHL_TARGET_AVX512 uint64_t filter_queries_avx512(int64_t q, int64_t qe, int steps) {
+    uint64_t any = 0;
     for (int64_t qi = q; qi < qe; ++qi)
       for (int s = 0; s < steps; ++s) {
-        const uint64_t hits =
-            avx512::filter_pair<WU>(pair_of(2 * s), qt[qi], up, thr + qi * L * avx2::kLanes, logged_dist(n)) & step_lanes[s];
-        log[n] = HitStep{qi, s, hits};
-        n += hits != 0;
+        const int i = static_cast<int>(qi - q) * kSteps + s;
+        hits[i] = avx512::filter_pair<WU>(pair_of(2 * s), qt[qi], up, thr + qi * L * avx2::kLanes, step_dist(i)) & step_lanes[s];
+        any |= uint64_t(hits[i] != 0) << i;
       }
-    return n;
+    return any;
   }
   template <class Lists>
-  NHL_TARGET_AVX512 void offer_log_avx512(int n, Lists& lists) {
-    for (int i = 0; i < n; ++i) {
-      const HitStep& h = log[i];
-      const uint64_t lowered = offer_wide(lists, h.qi, logged_dist(i), h.hits, row0[h.s], row1[h.s]);
-      if (lowered) refresh(lists, h.qi, lowered);
+  NHL_TARGET_AVX512 void offer_steps_avx512(uint64_t any, int64_t q, Lists& lists) {
+    for (; any; any &= any - 1) {
+      const int i = __builtin_ctzll(any), s = i % kSteps;
+      const int64_t qi = q + i / kSteps;
+      const uint64_t lowered = offer_wide(lists, qi, step_dist(i), hits[i], row0[s], row1[s]);
+      if (lowered) refresh(lists, qi, lowered);
     }
   }
-  NHL_TARGET_AVX512 uint64_t offer_wide(RecordLists& lists, int64_t qi, const uint8_t* d, uint64_t hits, int64_t r0, int64_t r1) {
-    return lists.offer_lanes_avx512(qi, d, hits, r0, r1);
+  NHL_TARGET_AVX512 uint64_t offer_wide(RecordLists& lists, int64_t qi, const uint8_t* d, uint64_t lanes, int64_t r0, int64_t r1) {
+    return lists.offer_lanes_avx512(qi, d, lanes, r0, r1);
   }
   template <class Lists>  // CandidateLists (where record lists do not apply)
-  uint64_t offer_wide(Lists& lists, int64_t qi, const uint8_t* d, uint64_t hits, int64_t r0, int64_t r1) {
-    return lists.offer_lanes(qi, d, hits, r0, r1);
+  uint64_t offer_wide(Lists& lists, int64_t qi, const uint8_t* d, uint64_t lanes, int64_t r0, int64_t r1) {
+    return lists.offer_lanes(qi, d, lanes, r0, r1);
   }
 #endif
 
-  // Where the filter leaves the distances of logged step i (the step being filtered writes to
-  // the next free slot, kept only if it has hits: the slots touched stay few).
-  uint8_t* logged_dist(int64_t i) const { return dist + i * L * 64; }
+  // Where the filter leaves the distances of step i of the sub-block.
+  uint8_t* step_dist(int i) const { return dist + int64_t(i) * L * 64; }
 
   uint8_t* pair_of(int64_t g) const { return tile + (g / 2) * U * 2 * avx2::kLanes; }
 
