@@ -95,46 +95,31 @@ struct RecordLists : LengthThresholds {
   }
 
   // Offer row j (above every row offered before for this query) with its distances dist[0..L)
-  // to query qi. Returns the mask of lengths whose threshold dropped. L <= 64.
+  // to query qi: a record if some length's threshold passes it, counted as offer_lanes' are.
+  // Returns the mask of lengths whose threshold dropped. L <= 64.
   uint64_t offer(int64_t qi, const int32_t* dist, int64_t j) {
     const int32_t* th = thresh.data() + qi * L;
-    uint64_t pass = 0, full = 0;
-    for (int l = 0; l < L; ++l) {
-      const bool in = dist[l] < th[l];
-      pass |= uint64_t(in) << l;
-      full |= uint64_t((below[qi * L + l] += in) >= k) << l;
-    }
+    bool pass = false;
+    for (int l = 0; l < L; ++l) pass |= dist[l] < th[l];
     if (!pass) return 0;
-    const int64_t n = nrec[qi] == cap ? compact(qi) : nrec[qi];
+    const uint64_t lowered = make_room(qi, 1);
+    const int64_t n = nrec[qi];
     rows_of(qi)[n] = static_cast<uint32_t>(j - base);
     for (int l = 0; l < L; ++l) dists_of(qi, l)[n] = static_cast<uint8_t>(dist[l]);
-    nrec[qi] = counted[qi] = n + 1;
-    for (uint64_t m = full; m; m &= m - 1) lower(qi, __builtin_ctzll(m));
-    return full;
+    nrec[qi] = n + 1;
+    return lowered | settle_if_due(qi);
   }
 
-#if defined(__AVX2__)
   // Offer the rows of the set bits of `lanes` (a 64-lane scan step: lane < 32 is row row0 + lane,
   // else row1 + lane), each passing some length's threshold, with their distances
-  // dist[l * 64 + lane]. Returns the mask of lengths whose threshold dropped. Every lane is
-  // judged against the thresholds at the step's start, as the scan's filter did: a threshold
-  // that would have dropped within the step only lets a few more records in, and each length
-  // still accepts exactly the rows below its running threshold (header).
+  // dist[l * 64 + lane]. The lanes are appended as records and counted later, by settle(), once
+  // kSettle records are pending: an append is stores only, and a threshold falls at most that
+  // many records late, which lets a few more records in (each length still accepts exactly the
+  // rows below its running threshold: header). Returns the mask of lengths whose threshold
+  // dropped.
   uint64_t offer_lanes(int64_t qi, const uint8_t* dist, uint64_t lanes, int64_t row0, int64_t row1) {
-    const int32_t* th = thresh.data() + qi * L;
-    int64_t* bl = below.data() + qi * L;
-    uint64_t full = 0;
-    const __m256i zero = _mm256_setzero_si256();
-    for (int l = 0; l < L; ++l) {  // per length: how many lanes are below its threshold
-      const __m256i t = _mm256_set1_epi8(static_cast<char>(std::min(th[l], 255)));
-      auto in = [&](const uint8_t* p) {  // subs(t, d) > 0 where d < t
-        const __m256i d = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
-        return ~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_subs_epu8(t, d), zero)));
-      };
-      const uint64_t m = (uint64_t(in(dist + l * 64)) | uint64_t(in(dist + l * 64 + 32)) << 32) & lanes;
-      full |= uint64_t((bl[l] += __builtin_popcountll(m)) >= k) << l;
-    }
-    int64_t n = nrec[qi] + __builtin_popcountll(lanes) > cap ? compact(qi) : nrec[qi];  // cap >= L k + 64
+    uint64_t lowered = make_room(qi, __builtin_popcountll(lanes));
+    int64_t n = nrec[qi];
     uint32_t* r = rows_of(qi);
     uint8_t* rd = dists_of(qi, 0);
     row0 -= base, row1 -= base;
@@ -147,25 +132,29 @@ struct RecordLists : LengthThresholds {
       uint8_t* to = rd + n;
       for (int l = 0; l < nl; ++l, from += 64, to += stride) *to = *from;
     }
-    nrec[qi] = counted[qi] = n;
-    for (uint64_t m = full; m; m &= m - 1) lower(qi, __builtin_ctzll(m));
-    return full;
+    nrec[qi] = n;
+    return lowered | settle_if_due(qi);
   }
-#endif
+
+  // Before appending `hits` records: count and compact when they would not fit (cap >= L k + 64
+  // and compaction keeps at most L k). Returns the mask of lengths whose threshold dropped.
+  uint64_t make_room(int64_t qi, int64_t hits) {
+    if (nrec[qi] + hits <= cap) return 0;
+    const uint64_t lowered = settle(qi);
+    compact(qi);
+    return lowered;
+  }
+  uint64_t settle_if_due(int64_t qi) { return nrec[qi] - counted[qi] >= kSettle ? settle(qi) : 0; }
 
 #ifdef NHL_RECORDS_AVX512
   // offer_lanes with one 64-lane compress per length (and the rows by one byte compress when
   // the step is contiguous and has at most 16 hits, the usual case; else four dword
-  // compresses): no per-record loop, so no branch on how many lanes hit. The lanes are not
-  // counted here but by settle() once kSettle records are pending: a step then costs its
-  // stores alone, and thresholds fall at most that many records late (a few more records,
-  // the same result). Called from the AVX-512 scan loop (topk_scan.h), into which it is
-  // inlined; dist 64-aligned.
+  // compresses): no per-record loop, so no branch on how many lanes hit. Called from the
+  // AVX-512 scan loop (topk_scan.h), into which it is inlined; dist 64-aligned.
   NHL_TARGET_AVX512 __attribute__((always_inline)) uint64_t offer_lanes_avx512(int64_t qi, const uint8_t* dist, uint64_t lanes, int64_t row0,
                                                 int64_t row1) {
     const int hits = __builtin_popcountll(lanes);
-    uint64_t lowered = 0;
-    if (nrec[qi] + hits > cap) lowered = settle(qi), compact(qi);  // cap >= L k + 64
+    const uint64_t lowered = make_room(qi, hits);
     const int64_t n = nrec[qi];
     uint8_t* rd = dists_of(qi, 0) + n;
     uint32_t* r = rows_of(qi) + n;
@@ -189,8 +178,7 @@ struct RecordLists : LengthThresholds {
       }
     }
     nrec[qi] = n + hits;
-    if (nrec[qi] - counted[qi] >= kSettle) lowered |= settle(qi);
-    return lowered;
+    return lowered | settle_if_due(qi);
   }
   // The low 16 bytes, by a zero-masked extract: GCC 12 warns (falsely) about the plain cast's
   // undefined source, and a masked 16-byte store costs several times more on AMD cores.

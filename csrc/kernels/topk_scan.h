@@ -106,8 +106,8 @@ struct NibbleScan {
 
   // Scan the groups first[0..groups) for queries [qa, qb) of the block, kSub queries at a time:
   // first every step of every query is filtered (its distances and hit lanes kept), with no
-  // branch on hits; then the steps that hit go to the lists. Why: a hit
-  // is rare and unpredictable, and a mispredicted branch inside the filter loop also throws
+  // branch on hits; then the steps that hit go to the lists. Why: a hit is rare and
+  // unpredictable, and a mispredicted branch inside the filter loop also throws
   // away the filter work of the next steps already in flight (a step's hit mask resolves only
   // after its whole chain of unit sums). Lanes are judged against the thresholds at the tile's
   // start: a threshold that fell meanwhile only lets a few more records in (topk_records.h).
