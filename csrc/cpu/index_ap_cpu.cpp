@@ -61,10 +61,7 @@ static void index_ap_topk(const at::Tensor& q, const at::Tensor& db, at::IntArra
   const TopkScanArgs args{p.q, p.db, q.size(1), &plan};
   dispatch_labels(p.label_words, [&](auto lw) {
     ApAtK<decltype(lw)::value> sink{p, nq, k, ap, hits};
-    if (records_apply(plan, N))
-      topk_run<RecordLists>(args, nq, N, k, sink);
-    else
-      topk_run<CandidateLists>(args, nq, N, k, sink);
+    topk_run_any(args, nq, N, k, sink);
   });
 }
 

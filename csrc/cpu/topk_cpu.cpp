@@ -54,10 +54,7 @@ std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Te
   const TopkScanArgs args{reinterpret_cast<const uint64_t*>(q.data_ptr<int64_t>()),
                           reinterpret_cast<const uint64_t*>(db.data_ptr<int64_t>()), q.size(1), &plan};
   TopkOutput out{out_d.data_ptr<int32_t>(), out_i.data_ptr<int64_t>(), Q, k};
-  if (records_apply(plan, N))
-    topk_run<RecordLists>(args, Q, N, k, out);
-  else
-    topk_run<CandidateLists>(args, Q, N, k, out);
+  topk_run_any(args, Q, N, k, out);
   return {out_d, out_i};
 }
 

@@ -107,4 +107,13 @@ void topk_run(const TopkScanArgs& args, int64_t Q, int64_t N, int64_t k, Sink& s
   }
 }
 
+// topk_run on record lists where they apply, else on per-length candidate lists.
+template <class Sink>
+void topk_run_any(const TopkScanArgs& args, int64_t Q, int64_t N, int64_t k, Sink& sink) {
+  if (records_apply(*args.plan, N))
+    topk_run<RecordLists>(args, Q, N, k, sink);
+  else
+    topk_run<CandidateLists>(args, Q, N, k, sink);
+}
+
 }  // namespace nhl
