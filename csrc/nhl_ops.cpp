@@ -4,6 +4,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/output_cache.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -71,4 +73,6 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "nhl_fast compiled kernels (ops are registered with torch.library on import)";
   m.def("build_info", &build_info, "Which backends were compiled, compiler, OpenMP threads, SIMD level");
+  m.def("empty_output_cache", &nhl::empty_output_cache, "Free the cached blocks of freed large CPU outputs; returns the bytes freed");
+  m.def("output_cache_bytes", &nhl::output_cache_bytes, "Bytes of freed large-output blocks the cache holds");
 }

@@ -1,6 +1,6 @@
 """nhl_fast: fast nested multi-length deep hashing (the Nested Hash Layer) for PyTorch."""
 from nhl_fast._dispatch import BackendUnavailable, build_info
-from nhl_fast.engine import hamming, pack, topk, unpack
+from nhl_fast.engine import empty_cache, hamming, pack, topk, unpack
 from nhl_fast.index import NestedHammingIndex
 from nhl_fast.layers import NestedCodes, NestedHashLayer
 from nhl_fast.metrics import (
@@ -13,7 +13,7 @@ from nhl_fast.metrics import (
 from nhl_fast.objective import NHLObjective
 
 __all__ = [
-    "pack", "unpack", "hamming", "topk", "build_info", "BackendUnavailable",
+    "pack", "unpack", "hamming", "topk", "empty_cache", "build_info", "BackendUnavailable",
     "NestedHashLayer", "NestedCodes", "NHLObjective",
     "mean_average_precision", "precision_at_radius", "precision_recall_curve", "precision_at_k", "recall_at_k",
     "NestedHammingIndex",

@@ -10,7 +10,7 @@ from typing import Iterable, Optional
 import torch
 
 from nhl_fast import _checks
-from nhl_fast._dispatch import choose, op
+from nhl_fast._dispatch import choose, extension, op
 
 
 def pack(codes: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
@@ -51,3 +51,14 @@ def topk(q: torch.Tensor, db: torch.Tensor, k: int, bits: Optional[Iterable[int]
     bits = _checks.bit_lengths(bits, q.shape[1])
     k = _checks.positive_k(k, db.shape[0])
     return op("topk", choose(backend, q.device))(q.contiguous(), db.contiguous(), k, list(bits))
+
+
+def empty_cache() -> int:
+    """Free the memory nhl_fast keeps for reuse by large CPU outputs; returns the bytes freed.
+
+    Large ``topk``/``hamming`` outputs (1 MiB and up) take their memory from blocks that earlier
+    outputs freed, so that repeated calls do not pay the page faults of fresh memory. The cache
+    holds at most ``NHL_OUTPUT_CACHE_MB`` MiB (default 512, read at import; 0 turns it off).
+    """
+    ext, _ = extension()
+    return int(ext.empty_output_cache()) if ext is not None else 0

@@ -6,6 +6,9 @@ ascending distance, then lower index). The Triton backend runs under TRITON_INTE
 CPU and is slow, so it gets tiny shapes only.
 """
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -195,6 +198,37 @@ def test_topk_sampled_start_thresholds():
     q[0] = db[123]
     for k in (1, 100, 3000):
         check_topk("cpp", "cpu", q, db, k, (8, 16, 32, 64, 100, 128))
+
+
+def test_large_outputs_reuse_freed_memory():
+    """Outputs of 1 MiB and up take the memory of freed outputs (nf.empty_cache() frees it): a
+    reused block's old contents never show, and outputs of 8 MiB and up (streamed) are exact."""
+    ext = nf._dispatch.extension()[0]
+    nf.empty_cache()
+    db = packed(1200, 128, 30, seed=22)
+    lengths = (64, 100)
+    check_topk("cpp", "cpu", packed(600, 128, seed=21), db, 1200, lengths)  # 17 MB, streamed
+    held = ext.output_cache_bytes()
+    assert held >= 600 * 1200 * 2 * 12  # both freed outputs wait in the cache
+    check_topk("cpp", "cpu", packed(600, 128, seed=23), db, 1200, lengths)  # reuses them
+    q = packed(300, 128, seed=24)
+    D = nf.hamming(q, db, bits=lengths, backend="cpp")  # 2.9 MB
+    torch.testing.assert_close(D, ref.hamming(q, db, lengths), rtol=0, atol=0)
+    d, i = nf.topk(q, db, 1000, bits=lengths)
+    i.resize_(3, 5)  # a cached output is an ordinary, resizable tensor
+    i.resize_(4000, 1000)
+    i.fill_(7)
+    d += 1
+    del d, i, D
+    assert nf.empty_cache() >= held and ext.output_cache_bytes() == 0
+
+
+def test_output_cache_can_be_turned_off():
+    code = ("import torch, nhl_fast as nf; q = torch.randint(0, 2**62, (500, 2)); "
+            "d, i = nf.topk(q, q, 500); del d, i; print(nf._dispatch.extension()[0].output_cache_bytes())")
+    env = dict(os.environ, NHL_OUTPUT_CACHE_MB="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0"]
 
 
 @pytest.mark.parametrize("no_avx512", ["0", "1"])

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "cpu/engine_checks.h"
+#include "cpu/output_cache.h"
 #include "kernels/hamming.h"
 
 namespace nhl {
@@ -13,7 +14,7 @@ at::Tensor hamming_cpu(const at::Tensor& q_in, const at::Tensor& db_in, at::IntA
   const at::Tensor q = q_in.contiguous(), db = db_in.contiguous();
   const int64_t Q = q.size(0), N = db.size(0), W = q.size(1);
   const LengthPlan plan(bits.data(), static_cast<int>(bits.size()));
-  at::Tensor out = at::empty({plan.L, Q, N}, q.options().dtype(at::kInt));
+  at::Tensor out = cached_empty({plan.L, Q, N}, at::kInt);
   if (Q == 0 || N == 0) return out;
   const auto* qp = reinterpret_cast<const uint64_t*>(q.data_ptr<int64_t>());
   const auto* dbp = reinterpret_cast<const uint64_t*>(db.data_ptr<int64_t>());
