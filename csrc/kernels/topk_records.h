@@ -241,11 +241,13 @@ struct RecordLists : LengthThresholds {
   }
 
   // Length l of query qi has below >= k: lower t to the k-th best distance of its records (the
-  // smallest t with below(t) < k). Usually one step down; several take one counting pass.
+  // smallest t with below(t) < k). Usually one or two steps down, each a SIMD count; a longer
+  // fall (a list's first) takes one histogram pass.
   void lower(int64_t qi, int l) {
     const int64_t list = qi * L + l;
     int32_t t = thresh[list] - 1;
     int64_t c = below[list] - count_at(qi, l, t);
+    for (int step = 0; step < 2 && c >= k; ++step) c -= count_at(qi, l, --t);
     if (c >= k) {
       const uint8_t* d = dists_of(qi, l);
       int64_t* h = scratch.data();  // h[t] collects every distance >= t
