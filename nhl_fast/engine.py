@@ -58,7 +58,8 @@ def empty_cache() -> int:
 
     Large ``topk``/``hamming`` outputs (1 MiB and up) take their memory from blocks that earlier
     outputs freed, so that repeated calls do not pay the page faults of fresh memory. The cache
-    holds at most ``NHL_OUTPUT_CACHE_MB`` MiB (default 512, read at import; 0 turns it off).
+    holds at most ``NHL_OUTPUT_CACHE_MB`` MiB (default 512, read at the first large output; 0 turns
+    it off).
     """
     ext, _ = extension()
     return int(ext.empty_output_cache()) if ext is not None else 0
