@@ -29,7 +29,7 @@ class OutputCache final : public c10::Allocator {
   }
 
   c10::DataPtr allocate(size_t n) override {
-    Block* b = take(n);
+    Block* b = take(n);  // the Block travels with its memory: the DataPtr's context, then the cache's entry
     if (!b) {
       void* p = nullptr;
       if (posix_memalign(&p, kAlign, n ? n : 1) != 0) TORCH_CHECK(false, "nhl_fast: out of memory allocating ", n, " bytes");
@@ -41,14 +41,14 @@ class OutputCache final : public c10::Allocator {
   void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
 
   int64_t empty() {
-    std::multimap<size_t, void*> drop;
+    std::multimap<size_t, Block*> drop;
     {
       std::lock_guard<std::mutex> lock(mu_);
       drop.swap(free_);
       held_ = 0;
     }
     int64_t bytes = 0;
-    for (auto& [size, p] : drop) bytes += static_cast<int64_t>(size), std::free(p);
+    for (auto& [size, b] : drop) bytes += static_cast<int64_t>(size), destroy(b);
     return bytes;
   }
 
@@ -68,37 +68,38 @@ class OutputCache final : public c10::Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.lower_bound(n);
     if (it == free_.end() || it->first > n + n / 8) return nullptr;
-    Block* b = new Block{it->second, it->first};
-    held_ -= it->first;
+    Block* b = it->second;
+    held_ -= b->bytes;
     free_.erase(it);
     return b;
+  }
+
+  static void destroy(Block* b) {
+    std::free(b->ptr);
+    delete b;
   }
 
   static void release(void* ctx) {
     Block* b = static_cast<Block*>(ctx);
     OutputCache& c = get();
-    void* drop = b->ptr;
-    {
+    if (b->bytes >= kMinBytes && b->bytes <= c.budget_) {  // a resized output may have become small
       std::lock_guard<std::mutex> lock(c.mu_);
       // Oldest-first would need a second index; dropping the largest block keeps the budget.
-      while (!c.free_.empty() && c.held_ + b->bytes > c.budget_ && b->bytes <= c.budget_) {
+      while (c.held_ + b->bytes > c.budget_) {
         auto last = std::prev(c.free_.end());
         c.held_ -= last->first;
-        std::free(last->second);
+        destroy(last->second);
         c.free_.erase(last);
       }
-      if (c.held_ + b->bytes <= c.budget_) {
-        c.free_.emplace(b->bytes, b->ptr);
-        c.held_ += b->bytes;
-        drop = nullptr;
-      }
+      c.free_.emplace(b->bytes, b);
+      c.held_ += b->bytes;
+      return;
     }
-    std::free(drop);
-    delete b;
+    destroy(b);
   }
 
   std::mutex mu_;
-  std::multimap<size_t, void*> free_;  // bytes -> block
+  std::multimap<size_t, Block*> free_;  // bytes -> block
   size_t held_ = 0, budget_ = 0;
 };
 

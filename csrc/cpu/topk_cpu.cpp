@@ -23,7 +23,7 @@ struct TopkOutput {
   int64_t Q, k;
   bool stream;
   TopkOutput(int32_t* d_, int64_t* idx_, int64_t L, int64_t Q_, int64_t k_)
-      : d(d_), idx(idx_), Q(Q_), k(k_), stream(L * Q * k * 12 >= kStreamBytes) {}
+      : d(d_), idx(idx_), Q(Q_), k(k_), stream(L * Q * k * int64_t(sizeof(int32_t) + sizeof(int64_t)) >= kStreamBytes) {}
   TopkSlot slot(int64_t i, int l, TopkSlot scratch) const {
     return stream ? scratch : TopkSlot{d + (l * Q + i) * k, idx + (l * Q + i) * k};
   }

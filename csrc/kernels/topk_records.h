@@ -287,43 +287,33 @@ struct RecordLists : LengthThresholds {
 
   // Length l's best min(k, offered) items of query qi, in index order; returns how many.
   int64_t extract(int64_t list, int32_t* out_d, int64_t* out_i) {
-    settle(list / L);
+    const int64_t m = pick(list);
+    for (int64_t j = 0; j < m; ++j) out_d[j] = pick_d[j], out_i[j] = base + pick_r[j];
+    return m;
+  }
+
+  // The records list `list` (query qi, length l) takes: all d < t, then the first k - below at
+  // d == t, in record order, copied to pick_d / pick_r; returns how many (min(k, offered)).
+  int64_t pick(int64_t list) {
     const int64_t qi = list / L;
-    const int l = static_cast<int>(list % L);
-    const int32_t t = thresh[list];
-    int64_t need = k - below[list], out = 0;
-    const uint32_t* r = rows_of(qi);
-    const uint8_t* d = dists_of(qi, l);
-    const int64_t n = nrec[qi];
-    for (int64_t j = 0; j < n && out < k; ++j) {
-      const int32_t dj = d[j];
-      const int64_t at = (dj == t) & (need > 0);
-      need -= at;
-      out_d[out] = dj;
-      out_i[out] = base + r[j];
-      out += (dj < t) | at;
-    }
-    return out;
+    settle(qi);
+    const uint8_t* d = dists_of(qi, static_cast<int>(list % L));
+    const int64_t need = k - below[list];
+#ifdef NHL_RECORDS_AVX512
+    if (wide) return pick_avx512(d, rows_of(qi), nrec[qi], thresh[list], need, pick_d.data(), pick_r.data());
+#endif
+    return pick_records(d, rows_of(qi), nrec[qi], thresh[list], need, pick_d.data(), pick_r.data());
   }
 
   // Length l's best min(k, offered) items of query qi sorted (distance, then index): the
-  // records it takes (all d < t, the first k - below at d == t) copied out in record order
-  // (distances and rows side by side, so the sort reads them in order), counted per distance,
-  // then placed by a stable counting sort.
+  // records it takes (pick(): distances and rows side by side, so the sort reads them in
+  // order), counted per distance, then placed by a stable counting sort.
   void emit_sorted(int64_t list, int32_t* out_d, int64_t* out_i) {
-    settle(list / L);
-    const int64_t qi = list / L;
+    const int64_t m = pick(list);
     const int l = static_cast<int>(list % L);
     const int32_t t = thresh[list];
-    const uint32_t* r = rows_of(qi);
-    const uint8_t* d = dists_of(qi, l);
-    uint8_t* pd = pick_d.data();
-    uint32_t* pr = pick_r.data();
-#ifdef NHL_RECORDS_AVX512
-    const int64_t m = wide ? pick_avx512(d, r, nrec[qi], t, k - below[list], pd, pr) : pick_records(d, r, nrec[qi], t, k - below[list], pd, pr);
-#else
-    const int64_t m = pick_records(d, r, nrec[qi], t, k - below[list], pd, pr);
-#endif
+    const uint8_t* pd = pick_d.data();
+    const uint32_t* pr = pick_r.data();
     // The counting sort in four quarters of the records, interleaved: a counter bumped by
     // consecutive items waits on its own store, so one chain would cost a store-forwarding
     // latency per item. Quarter j's items of distance v go after quarters 0..j-1's (stable).
