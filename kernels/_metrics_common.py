@@ -25,7 +25,7 @@ def length_masks(bits_ptr, L, LP: tl.constexpr, WP: tl.constexpr):
 def block_distances(db_ptr, offs, valid, qw, masks, W, WP: tl.constexpr):
     """(BLOCK, LP) int32 distances of database items `offs` to the query words qw (WP,)."""
     words = tl.arange(0, WP)
-    x = tl.load(db_ptr + offs[:, None] * W + words[None, :], mask=valid[:, None] & (words < W)[None, :], other=0)
+    x = tl.load(db_ptr + offs.to(tl.int64)[:, None] * W + words[None, :], mask=valid[:, None] & (words < W)[None, :], other=0)
     x = x ^ qw[None, :]
     return tl.sum(popcount64(x[:, None, :] & masks[None, :, :]), axis=2)
 
@@ -33,12 +33,13 @@ def block_distances(db_ptr, offs, valid, qw, masks, W, WP: tl.constexpr):
 @triton.jit
 def block_relevance(dl_ptr, offs, valid, ql_ptr, pid, LW: tl.constexpr, LWP: tl.constexpr):
     """(BLOCK,) bool: class equality (LW == 0) or shared bits of LW-word label masks."""
+    offs = offs.to(tl.int64)  # N * LW can pass 2^31
     if LW == 0:
         dl = tl.load(dl_ptr + offs, mask=valid, other=0)
         return (dl == tl.load(ql_ptr + pid)) & valid
     else:
         lw = tl.arange(0, LWP)
-        qlab = tl.load(ql_ptr + pid * LW + lw, mask=lw < LW, other=0)
+        qlab = tl.load(ql_ptr + pid.to(tl.int64) * LW + lw, mask=lw < LW, other=0)
         dl = tl.load(dl_ptr + offs[:, None] * LW + lw[None, :], mask=valid[:, None] & (lw < LW)[None, :], other=0)
         return (tl.sum(((dl & qlab[None, :]) != 0).to(tl.int32), axis=1) > 0) & valid
 
@@ -49,7 +50,7 @@ def query_histograms(q_ptr, bits_ptr, db_ptr, dl_ptr, ql_ptr, pid, L, N, W, WP: 
     """Query `pid`'s words and length masks, and its (LP, NB) int32 counts of all / relevant
     database items at each distance: one streamed pass."""
     words = tl.arange(0, WP)
-    qw = tl.load(q_ptr + pid * W + words, mask=words < W, other=0)
+    qw = tl.load(q_ptr + pid.to(tl.int64) * W + words, mask=words < W, other=0)
     masks = length_masks(bits_ptr, L, LP, WP)
     bins = tl.arange(0, NB)
     tot = tl.zeros((LP, NB), dtype=tl.int32)

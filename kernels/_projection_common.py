@@ -19,7 +19,8 @@ def tanh(z):
 def projection_tile(x_ptr, w_ptr, b_ptr, offs_m, offs_n, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
                     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr):
-    """The (BLOCK_M, BLOCK_N) tile of z = x W^T + b, accumulated in ACC."""
+    """The (BLOCK_M, BLOCK_N) tile of z = x W^T + b, accumulated in ACC. offs_m / offs_n are int64:
+    row * stride passes 2^31 on large inputs."""
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):

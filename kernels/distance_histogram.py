@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nhl_fast.kernels import on_tensor_device
+
 from nhl_fast.kernels._metrics_common import launch_params, query_histograms
 
 
@@ -17,13 +19,14 @@ def _distance_histogram_kernel(q_ptr, db_ptr, ql_ptr, dl_ptr, bits_ptr, tot_ptr,
     qw, masks, tot, rel = query_histograms(q_ptr, bits_ptr, db_ptr, dl_ptr, ql_ptr, pid, L, N, W, WP, LW, LWP, LP, NB,
                                            BLOCK)
     bins = tl.arange(0, NB)
-    lens = tl.arange(0, LP)
+    lens = tl.arange(0, LP).to(tl.int64)  # L * Q * B1 can pass 2^31
     out = (lens[:, None] * Q + pid) * B1 + bins[None, :]
     keep = (lens[:, None] < L) & (bins[None, :] < B1)
     tl.store(tot_ptr + out, tot.to(tl.int64), mask=keep)
     tl.store(rel_ptr + out, rel.to(tl.int64), mask=keep)
 
 
+@on_tensor_device
 def distance_histogram_triton(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor,
                               bits: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     Q, N, L, B1 = q.shape[0], db.shape[0], len(bits), max(bits) + 1

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nhl_fast.kernels import on_tensor_device
+
 WORD = 64
 
 
@@ -85,6 +87,7 @@ def launch_tile(q, db, out, table, words_used, keys=False, key_n=1, key_base=0,
 MAX_QUERY_TILES = 65535  # the grid's second axis limit
 
 
+@on_tensor_device
 def hamming_triton(q: torch.Tensor, db: torch.Tensor, bits: Sequence[int]) -> torch.Tensor:
     q, db = q.contiguous(), db.contiguous()
     bits = list(bits)

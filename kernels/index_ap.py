@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nhl_fast.kernels import on_tensor_device
+
 from nhl_fast.kernels._metrics_common import (block_distances, block_relevance, launch_params, query_histograms)
 
 
@@ -41,12 +43,13 @@ def _index_ap_kernel(q_ptr, db_ptr, ql_ptr, dl_ptr, bits_ptr, ap_ptr, hits_ptr, 
         hits += tl.sum(counted.to(tl.int32), axis=0)
         seen_tot += tl.sum(hot, axis=0)
         seen_rel += tl.sum(hot_rel, axis=0)
-    lens = tl.arange(0, LP)
+    lens = tl.arange(0, LP).to(tl.int64)
     ap = tl.where(hits > 0, acc / tl.maximum(hits, 1).to(tl.float64), 0.0)
     tl.store(ap_ptr + lens * Q + pid, ap, mask=lens < L)
     tl.store(hits_ptr + lens * Q + pid, hits.to(tl.int64), mask=lens < L)
 
 
+@on_tensor_device
 def index_ap_triton(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor,
                     bits: list[int], topk: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
     Q, N, L = q.shape[0], db.shape[0], len(bits)

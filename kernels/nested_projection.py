@@ -4,6 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nhl_fast.kernels import on_tensor_device
+
 from ._projection_common import acc_and_precision, projection_tile, tanh
 
 RELAX_CODES = {"none": 0, "tanh": 1, "sign_ste": 2}
@@ -13,8 +15,8 @@ RELAX_CODES = {"none": 0, "tanh": 1, "sign_ste": 2}
 def _nested_projection_kernel(x_ptr, w_ptr, b_ptr, u_ptr, z_ptr, M, N, K, stride_xm, stride_xk, stride_wn,
                               stride_wk, RELAX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: M * N can pass 2^31
+    offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     z = projection_tile(x_ptr, w_ptr, b_ptr, offs_m, offs_n, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
                         ACC, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
     if RELAX == 1:
@@ -29,6 +31,7 @@ def _nested_projection_kernel(x_ptr, w_ptr, b_ptr, u_ptr, z_ptr, M, N, K, stride
     tl.store(u_ptr + out, u.to(u_ptr.dtype.element_ty), mask=mask)
 
 
+@on_tensor_device
 def nested_projection_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relax: str):
     if relax not in RELAX_CODES:
         raise ValueError(f"relax must be one of {tuple(RELAX_CODES)}, got {relax!r}")

@@ -5,6 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nhl_fast.kernels import on_tensor_device
+
 WORD = 64
 
 
@@ -25,6 +27,7 @@ def _pack_kernel(codes_ptr, out_ptr, n, bits, words, BLOCK_N: tl.constexpr):
     tl.store(out_ptr + rows * words + w, word, mask=rows < n)
 
 
+@on_tensor_device
 def pack_triton(codes: torch.Tensor) -> torch.Tensor:
     codes = codes.contiguous()
     if codes.dtype == torch.bool:

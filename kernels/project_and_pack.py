@@ -5,6 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nhl_fast.kernels import on_tensor_device
+
 from ._projection_common import acc_and_precision, projection_tile
 
 
@@ -13,9 +15,9 @@ def _project_and_pack_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, W, stride_xm
                              ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                              BLOCK_K: tl.constexpr):
     word = tl.program_id(1)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: M * stride can pass 2^31
     lane = tl.arange(0, 64)
-    offs_n = word * 64 + lane
+    offs_n = word.to(tl.int64) * 64 + lane
     z = projection_tile(x_ptr, w_ptr, b_ptr, offs_m, offs_n, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
                         ACC, PRECISION, BLOCK_M, 64, BLOCK_K)
     on = (z > 0) & (offs_n[None, :] < N)
@@ -25,6 +27,7 @@ def _project_and_pack_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, W, stride_xm
     tl.store(out_ptr + offs_m * W + word, packed, mask=offs_m < M)
 
 
+@on_tensor_device
 def project_and_pack_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     m, k = x.shape
     n = weight.shape[0]

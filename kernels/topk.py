@@ -12,12 +12,23 @@ from typing import Sequence
 
 import torch
 
+from nhl_fast.kernels import on_tensor_device
 from nhl_fast.kernels.hamming import MAX_QUERY_TILES, launch_tile, length_table
 
 MIN_CHUNK = 8192  # database rows per step (at least k, so each merge is O(k + chunk))
-MAX_KEYS = 1 << 25  # keys per step (256 MiB), bounds the query batch
 
 
+def max_keys(device: torch.device) -> int:
+    """Keys per step: 256 MiB on the CPU (the interpreter); on a GPU an eighth of its free memory,
+    at most 2 GiB, so that large databases take few, large steps (a fixed 8,192-row chunk meant
+    thousands of launches at N = 10^8)."""
+    if device.type != "cuda":
+        return 1 << 25
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1 << 25, min(1 << 28, free // 64)))
+
+
+@on_tensor_device
 def topk_triton(q: torch.Tensor, db: torch.Tensor, k: int, bits: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     q, db = q.contiguous(), db.contiguous()
     bits = list(bits)
@@ -31,8 +42,10 @@ def topk_triton(q: torch.Tensor, db: torch.Tensor, k: int, bits: Sequence[int]) 
     if nq == 0:
         return dist, idx
     table, words_used = length_table(bits, q.device)
-    chunk = min(n, max(MIN_CHUNK, k))
-    q_batch = max(1, min(nq, MAX_KEYS // (nl * (k + chunk)), 16 * MAX_QUERY_TILES))
+    keys_budget = max_keys(q.device)
+    q_batch = max(1, min(nq, keys_budget // (nl * (k + max(MIN_CHUNK, k))), 16 * MAX_QUERY_TILES))
+    # the rest of the budget goes to longer chunks: fewer launches and merges per query batch
+    chunk = min(n, max(MIN_CHUNK, k, keys_budget // (nl * q_batch) - k))
     for q0 in range(0, nq, q_batch):
         qb = q[q0:q0 + q_batch]
         best = None

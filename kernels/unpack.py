@@ -5,6 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
+from nhl_fast.kernels import on_tensor_device
+
 
 @triton.jit
 def _unpack_kernel(packed_ptr, out_ptr, n, words, bits, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
@@ -17,6 +19,7 @@ def _unpack_kernel(packed_ptr, out_ptr, n, words, bits, BLOCK_N: tl.constexpr, B
     tl.store(out_ptr + rows[:, None] * bits + j[None, :], on.to(tl.float32) * 2.0 - 1.0, mask=mask)
 
 
+@on_tensor_device
 def unpack_triton(packed: torch.Tensor, bits: int) -> torch.Tensor:
     packed = packed.contiguous()
     n, words = packed.shape

@@ -135,11 +135,50 @@ def _cpp_serves(device: torch.device) -> bool:
     return _cpp_serves_cached(device.type, os.environ.get("NHL_BACKEND", "auto"))
 
 
+# The objective's ops that have a Triton form (kernels/<name>.py), served on CUDA tensors.
+_TRITON_OBJECTIVE_OPS = ("cascade_distill", "nhl_objective", "csq_grads")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_serves_cached(device_type: str, backend: str, interpret: str | None) -> bool:
+    # `interpret` (TRITON_INTERPRET) is only part of the cache key: not_supported_reasons reads it
+    if device_type == "cuda":
+        wanted = backend in ("auto", "triton")
+    else:  # CPU tensors run Triton only through the interpreter, and only when asked for (the tests)
+        wanted = device_type == "cpu" and backend == "triton"
+    if not wanted or not_supported_reasons("triton", torch.device(device_type)):
+        return False
+    import nhl_fast.ops  # noqa: F401  (registers nhl_fast::<name>_triton for torch.compile)
+
+    return True
+
+
+@torch.compiler.assume_constant_result  # decided once at trace time (fullgraph-safe)
+def _triton_serves(device: torch.device) -> bool:
+    env = os.environ
+    return _triton_serves_cached(device.type, env.get("NHL_BACKEND", "auto"), env.get("TRITON_INTERPRET"))
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_launcher(name: str) -> Callable:
+    return getattr(importlib.import_module(f"nhl_fast.kernels.{name}"), f"{name}_triton")
+
+
 def cpp_or_reference(name: str, device: torch.device) -> Callable:
-    """Op `name` with a C++ CPU kernel only (the objective's ops): the kernel on CPU tensors when the
-    extension is built and NHL_BACKEND allows it, else its torch spec reference.<name> (any device)."""
+    """Op `name` of the objective (cascade_distill, nhl_objective, csq_grads): the C++ kernel on CPU tensors when
+    the extension is built and NHL_BACKEND allows it (auto, cpp); the Triton kernels (kernels/<name>.py) on CUDA
+    tensors when triton can run and NHL_BACKEND is auto or triton, and on CPU tensors for an explicit
+    NHL_BACKEND=triton under TRITON_INTERPRET=1 (how the tests run them); else its torch spec reference.<name>
+    (any device, and NHL_BACKEND=torch).
+
+    The Triton form is the raw launcher in eager mode (no custom-op dispatch per call) and the custom op
+    nhl_fast::<name>_triton (nhl_fast/ops.py, with a fake) under torch.compile, which traces it as one node."""
     if _cpp_serves(device):
         return getattr(torch.ops.nhl_fast, name)
+    if name in _TRITON_OBJECTIVE_OPS and _triton_serves(device):
+        if torch.compiler.is_compiling():
+            return getattr(torch.ops.nhl_fast, f"{name}_triton")
+        return _triton_launcher(name)
     from nhl_fast import reference
 
     return getattr(reference, name)

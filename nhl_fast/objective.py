@@ -63,7 +63,7 @@ from nhl_fast.losses import NestedLoss, PerLengthLoss, get_loss, multi_hot
 def objective_terms(u: Tensor, grads: Optional[Tensor], losses: Tensor, x: Optional[Tensor],
                     relax_deriv: Optional[Tensor], bit_list: Sequence[int], beta: float, distill: float,
                     faithful: bool, closed_form: bool):
-    """reference.nhl_objective's outputs: the C++ op on CPU, the torch spec elsewhere."""
+    """reference.nhl_objective's outputs: the C++ op on CPU, Triton on CUDA, else the torch spec."""
     return cpp_or_reference("nhl_objective", u.device)(u, grads, losses, x, relax_deriv, list(bit_list), beta,
                                                         distill, faithful, closed_form)
 

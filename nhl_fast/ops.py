@@ -176,7 +176,7 @@ distance_histogram_triton.register_fake(_distance_histogram_fake)
 index_ap_triton.register_fake(_index_ap_fake)
 
 
-# --- objective: cascade_distill, nhl_objective, csq_grads (C++ only: reference.* serves other devices) ---
+# --- objective: cascade_distill, nhl_objective, csq_grads (C++ on CPU, Triton on CUDA: _dispatch.cpp_or_reference) ---
 
 
 def _cascade_distill_fake(u: Tensor, bits: list[int]) -> tuple[Tensor, Tensor]:
@@ -200,3 +200,27 @@ if _EXT is not None:
     torch.library.register_fake("nhl_fast::cascade_distill")(_cascade_distill_fake)
     torch.library.register_fake("nhl_fast::csq_grads")(_csq_grads_fake)
     torch.library.register_fake("nhl_fast::nhl_objective")(_nhl_objective_fake)
+
+
+@torch.library.custom_op("nhl_fast::cascade_distill_triton", mutates_args=())
+def cascade_distill_triton(u: Tensor, bits: list[int]) -> tuple[Tensor, Tensor]:
+    return _kernel("cascade_distill").cascade_distill_triton(u, bits)
+
+
+@torch.library.custom_op("nhl_fast::nhl_objective_triton", mutates_args=())
+def nhl_objective_triton(u: Tensor, grads: Optional[Tensor], losses: Tensor, x: Optional[Tensor],
+                         relax_deriv: Optional[Tensor], bits: list[int], beta: float, distill: float, faithful: bool,
+                         closed_form: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _kernel("nhl_objective").nhl_objective_triton(u, grads, losses, x, relax_deriv, bits, beta, distill,
+                                                         faithful, closed_form)
+
+
+@torch.library.custom_op("nhl_fast::csq_grads_triton", mutates_args=())
+def csq_grads_triton(u: Tensor, labels: Tensor, centers: Tensor, tie: Tensor, bits: list[int],
+                     lambda_: float) -> tuple[Tensor, Tensor]:
+    return _kernel("csq_grads").csq_grads_triton(u, labels, centers, tie, bits, lambda_)
+
+
+cascade_distill_triton.register_fake(_cascade_distill_fake)
+nhl_objective_triton.register_fake(_nhl_objective_fake)
+csq_grads_triton.register_fake(_csq_grads_fake)

@@ -95,7 +95,7 @@ def test_triton_topk_chunk_merges(device, k, monkeypatch):
 
     # Small chunks and key budget: many merges (k below, at and above the chunk) and query batches.
     monkeypatch.setattr(topk_kernel, "MIN_CHUNK", 16)
-    monkeypatch.setattr(topk_kernel, "MAX_KEYS", 3 * 2 * (97 + 97))
+    monkeypatch.setattr(topk_kernel, "max_keys", lambda device: 3 * 2 * (97 + 16))
     gen = torch.Generator().manual_seed(k)
     q, db = random_words(7, 2, gen, distinct=3), random_words(97, 2, gen, distinct=4)  # heavy ties
     bits = [3, 64, 100]

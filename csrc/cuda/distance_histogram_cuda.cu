@@ -1,7 +1,12 @@
 // distance_histogram on CUDA: one warp per query counts every database item into shared-memory
-// histograms of all lengths (one pass), then writes (L, Q, max(bits)+1) int64 tot / rel.
+// histograms of all lengths (one pass), then writes (L, Q, max(bits)+1) int64 tot / rel. Warps
+// stride over the queries, so a global scratch (histograms too large for shared memory) needs
+// one row per launched warp, not per query.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
+#include "cuda/metric_launchers.h"
 #include "kernels/ap_warp.cuh"
 
 namespace nhl {
@@ -13,36 +18,39 @@ __global__ void distance_histogram_kernel(const uint64_t* q, const uint64_t* db,
   __shared__ SharedLengths tables;
   const NestedLengths len = load_lengths(tables, bits, L);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-  const int64_t qi = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
-  if (qi >= nq) return;
-  uint64_t* hist = scratch ? scratch + qi * bins : smem + int64_t(warp) * bins;
-  warp_histogram(q, db, n, words, ql, dl, label_words, len, bins, qi, hist);
-  for (int l = 0; l < L; ++l) {
-    const int nb = int(bits[l]) + 1;
-    for (int dd = lane; dd < b1; dd += 32) {
-      const uint64_t v = dd < nb ? hist[len.offset[l] + dd] : 0;
-      tot[(int64_t(l) * nq + qi) * b1 + dd] = int64_t(v & kTotalMask);
-      rel[(int64_t(l) * nq + qi) * b1 + dd] = int64_t(v >> 32);
+  const int64_t gwarp = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  uint64_t* hist = scratch ? scratch + gwarp * bins : smem + int64_t(warp) * bins;
+  for (int64_t qi = gwarp; qi < nq; qi += int64_t(gridDim.x) * (blockDim.x / 32)) {
+    warp_histogram(q, db, n, words, ql, dl, label_words, len, bins, qi, hist);
+    for (int l = 0; l < L; ++l) {
+      const int nb = int(bits[l]) + 1;
+      for (int dd = lane; dd < b1; dd += 32) {
+        const uint64_t v = dd < nb ? hist[len.offset[l] + dd] : 0;
+        tot[(int64_t(l) * nq + qi) * b1 + dd] = int64_t(v & kTotalMask);
+        rel[(int64_t(l) * nq + qi) * b1 + dd] = int64_t(v >> 32);
+      }
     }
+    __syncwarp();  // the next query's zeroing waits for every lane's reads
   }
 }
 
 }  // namespace nhl
 
-// scratch: nullptr to keep the histograms in shared memory (warps * bins * 8 bytes per block),
-// else a (nq, bins) uint64 buffer in global memory. Returns the launch error, if any.
+// Arguments: cuda/metric_launchers.h.
 extern "C" cudaError_t nhl_distance_histogram_cuda(const uint64_t* q, const uint64_t* db, int64_t nq, int64_t n,
                                                    int words, const uint64_t* ql, const uint64_t* dl, int label_words,
                                                    const int64_t* bits, int L, int bins, int b1, int warps,
-                                                   uint64_t* scratch, int64_t* tot, int64_t* rel, cudaStream_t stream) {
+                                                   int64_t max_blocks, uint64_t* scratch, int64_t* tot, int64_t* rel,
+                                                   cudaStream_t stream) {
   if (nq == 0) return cudaSuccess;
+  if (warps < 1 || warps > 4 || max_blocks < 1) return cudaErrorInvalidValue;
   const size_t smem = scratch ? 0 : size_t(warps) * bins * sizeof(uint64_t);
   if (smem > 32 * 1024) {  // beyond the default 48 KiB (with the static tables): opt in
     const cudaError_t e = cudaFuncSetAttribute(nhl::distance_histogram_kernel,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return e;
   }
-  const int64_t blocks = (nq + warps - 1) / warps;
+  const int64_t blocks = std::min<int64_t>((nq + warps - 1) / warps, max_blocks);
   nhl::distance_histogram_kernel<<<dim3(unsigned(blocks)), dim3(32 * warps), smem, stream>>>(
       q, db, nq, n, words, ql, dl, label_words, bits, L, bins, b1, scratch, tot, rel);
   return cudaGetLastError();

@@ -5,26 +5,20 @@
 // the group's first lane advances the bin counter. All lengths in the same two passes.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
+#include "cuda/metric_launchers.h"
 #include "kernels/ap_warp.cuh"
 
 namespace nhl {
 
-__global__ void index_ap_kernel(const uint64_t* q, const uint64_t* db, int64_t nq, int64_t n, int words,
-                                const uint64_t* ql, const uint64_t* dl, int label_words, const int64_t* bits, int L,
-                                int bins, uint64_t k, uint64_t* scratch, double* ap, int64_t* hits_out) {
-  extern __shared__ uint64_t smem[];
-  __shared__ SharedLengths tables;
-  __shared__ int cut_all[4][kWarpMaxLengths];
-  __shared__ double acc_all[4][kWarpMaxLengths];
-  __shared__ unsigned long long hits_all[4][kWarpMaxLengths];
-  const NestedLengths len = load_lengths(tables, bits, L);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-  const int64_t qi = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
-  if (qi >= nq) return;
-  uint64_t* hist = scratch ? scratch + qi * bins : smem + int64_t(warp) * bins;
-  int* cut = cut_all[warp];
-  double* acc = acc_all[warp];
-  unsigned long long* hits = hits_all[warp];
+// One query's AP by one warp (hist: its bins words; cut/acc/hits: the warp's per-length slots).
+__device__ void index_ap_query(const uint64_t* q, const uint64_t* db, int64_t nq, int64_t n, int words,
+                               const uint64_t* ql, const uint64_t* dl, int label_words, const NestedLengths& len,
+                               int bins, uint64_t k, int64_t qi, uint64_t* hist, int* cut, double* acc,
+                               unsigned long long* hits, double* ap, int64_t* hits_out) {
+  const int lane = threadIdx.x & 31;
+  const int L = len.count;
 
   warp_histogram(q, db, n, words, ql, dl, label_words, len, bins, qi, hist);
   for (int l = lane; l < L; l += 32) {
@@ -36,33 +30,33 @@ __global__ void index_ap_kernel(const uint64_t* q, const uint64_t* db, int64_t n
   }
   __syncwarp();
 
-  const int ls = label_words == 0 ? 1 : label_words;
-  const uint64_t* qc = q + qi * words;
-  const uint64_t* qlab = ql + qi * ls;
   const unsigned below_me = (1u << lane) - 1;
-  int d[kWarpMaxLengths];
-  for (int64_t i0 = 0; i0 < n; i0 += 32) {
-    const int64_t i = i0 + lane;
-    const bool valid = i < n;
-    bool rel = false;
-    if (valid) {
-      nested_distances(qc, db + i * words, len, d);
-      rel = relevant(qlab, dl + i * ls, label_words);
-    }
-    const unsigned rel_lanes = __ballot_sync(0xffffffffu, rel);
+  for_each_warp_item(q, db, n, words, ql, dl, label_words, len, qi,
+                     [&](int64_t, bool valid, const int* d, bool rel, unsigned rel_lanes) {
     for (int l = 0; l < L; ++l) {
       const bool counted = valid && d[l] <= cut[l];
+      // with a top-k window most steps of a long code have no item inside it: nothing to rank
+      if (__ballot_sync(0xffffffffu, counted) == 0u) continue;
       // lanes outside the top-k window get a key of their own so they never join a group
       const int key = counted ? len.offset[l] + d[l] : -1 - lane;
       const unsigned peers = __match_any_sync(0xffffffffu, key);
       uint64_t base = 0;
+      double precision = 0.0;  // > 0 exactly for the hits
       if (counted) {
         base = hist[key];  // N_<d + items of this bin in earlier chunks | R_<d + ... << 32
         const uint64_t rank = (base & kTotalMask) + __popc(peers & below_me) + 1;
         if (rel && rank <= k) {
           const uint64_t rel_rank = (base >> 32) + __popc(peers & rel_lanes & below_me) + 1;
-          atomicAdd(acc + l, double(rel_rank) / double(rank));
-          atomicAdd(hits + l, 1ull);
+          precision = double(rel_rank) / double(rank);
+        }
+      }
+      // warp sums, not shared-memory atomics (64-bit ones are compare-and-swap loops)
+      const unsigned hit_lanes = __ballot_sync(0xffffffffu, precision > 0.0);
+      if (hit_lanes) {
+        for (int off = 16; off > 0; off >>= 1) precision += __shfl_xor_sync(0xffffffffu, precision, off);
+        if (lane == 0) {
+          acc[l] += precision;
+          hits[l] += __popc(hit_lanes);
         }
       }
       __syncwarp();
@@ -70,28 +64,48 @@ __global__ void index_ap_kernel(const uint64_t* q, const uint64_t* db, int64_t n
         hist[key] = base + __popc(peers) + (uint64_t(__popc(peers & rel_lanes)) << 32);
       __syncwarp();
     }
-  }
+  });
   for (int l = lane; l < L; l += 32) {
     ap[int64_t(l) * nq + qi] = hits[l] ? acc[l] / double(hits[l]) : 0.0;
     hits_out[int64_t(l) * nq + qi] = int64_t(hits[l]);
   }
+  __syncwarp();  // the next query's zeroing waits for every lane's reads
+}
+
+__global__ void index_ap_kernel(const uint64_t* q, const uint64_t* db, int64_t nq, int64_t n, int words,
+                                const uint64_t* ql, const uint64_t* dl, int label_words, const int64_t* bits, int L,
+                                int bins, uint64_t k, uint64_t* scratch, double* ap, int64_t* hits_out) {
+  extern __shared__ uint64_t smem[];
+  __shared__ SharedLengths tables;
+  __shared__ int cut_all[4][kWarpMaxLengths];
+  __shared__ double acc_all[4][kWarpMaxLengths];
+  __shared__ unsigned long long hits_all[4][kWarpMaxLengths];
+  const NestedLengths len = load_lengths(tables, bits, L);
+  const int warp = threadIdx.x / 32;
+  const int64_t gwarp = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  uint64_t* hist = scratch ? scratch + gwarp * bins : smem + int64_t(warp) * bins;
+  int* cut = cut_all[warp];
+  double* acc = acc_all[warp];
+  unsigned long long* hits = hits_all[warp];
+  for (int64_t qi = gwarp; qi < nq; qi += int64_t(gridDim.x) * (blockDim.x / 32))
+    index_ap_query(q, db, nq, n, words, ql, dl, label_words, len, bins, k, qi, hist, cut, acc, hits, ap, hits_out);
 }
 
 }  // namespace nhl
 
-// warps <= 4 queries per block; scratch as in nhl_distance_histogram_cuda.
+// Arguments: cuda/metric_launchers.h.
 extern "C" cudaError_t nhl_index_ap_cuda(const uint64_t* q, const uint64_t* db, int64_t nq, int64_t n, int words,
                                          const uint64_t* ql, const uint64_t* dl, int label_words, const int64_t* bits,
-                                         int L, int bins, int warps, uint64_t k, uint64_t* scratch, double* ap,
-                                         int64_t* hits, cudaStream_t stream) {
+                                         int L, int bins, int warps, int64_t max_blocks, uint64_t k, uint64_t* scratch,
+                                         double* ap, int64_t* hits, cudaStream_t stream) {
   if (nq == 0) return cudaSuccess;
-  if (warps < 1 || warps > 4) return cudaErrorInvalidValue;
+  if (warps < 1 || warps > 4 || max_blocks < 1) return cudaErrorInvalidValue;
   const size_t smem = scratch ? 0 : size_t(warps) * bins * sizeof(uint64_t);
   if (smem > 32 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(nhl::index_ap_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return e;
   }
-  const int64_t blocks = (nq + warps - 1) / warps;
+  const int64_t blocks = std::min<int64_t>((nq + warps - 1) / warps, max_blocks);
   nhl::index_ap_kernel<<<dim3(unsigned(blocks)), dim3(32 * warps), smem, stream>>>(
       q, db, nq, n, words, ql, dl, label_words, bits, L, bins, k, scratch, ap, hits);
   return cudaGetLastError();

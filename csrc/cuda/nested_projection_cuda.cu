@@ -1,19 +1,19 @@
 // nested_projection epilogue: one pass over the GEMM output adds the bias and applies the
 // relaxation, writing z and u. Every code length is a prefix of these rows.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda/acc_type.cuh"
 #include "cuda/projection_launchers.h"
 #include "kernels/relax.h"
 
 namespace {
 
-template <typename T> struct AccType { using type = float; };
-template <> struct AccType<double> { using type = double; };
+using nhl::cuda::AccType;
+using nhl::cuda::from_acc;
+using nhl::cuda::to_acc;
 
 template <typename T>
 __global__ void relax_epilogue_kernel(T* __restrict__ z, T* __restrict__ u, const T* __restrict__ bias,
@@ -23,9 +23,9 @@ __global__ void relax_epilogue_kernel(T* __restrict__ z, T* __restrict__ u, cons
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     // round z + b to T first, exactly as addmm does, so u and the packed signs agree with z
-    const T zt = static_cast<T>(static_cast<A>(z[i]) + static_cast<A>(bias[i % cols]));
+    const T zt = from_acc<T>(to_acc(z[i]) + to_acc(bias[i % cols]));
     z[i] = zt;
-    u[i] = static_cast<T>(nhl::apply_relax<A>(static_cast<A>(zt), relax));
+    u[i] = from_acc<T>(nhl::apply_relax<A>(to_acc(zt), relax));
   }
 }
 

@@ -205,28 +205,21 @@ TORCH_LIBRARY_IMPL(nhl_fast, CUDA, m) {
 // --- end layer ---
 
 // --- metrics: distance_histogram, index_ap (csrc/cuda/distance_histogram_cuda.cu, index_ap_cuda.cu) ---
-#include <cuda_runtime.h>
-
 #include "cpu/metrics_common.h"
-
-extern "C" cudaError_t nhl_distance_histogram_cuda(const uint64_t* q, const uint64_t* db, int64_t nq, int64_t n,
-                                                   int words, const uint64_t* ql, const uint64_t* dl, int label_words,
-                                                   const int64_t* bits, int L, int bins, int b1, int warps,
-                                                   uint64_t* scratch, int64_t* tot, int64_t* rel, cudaStream_t stream);
-extern "C" cudaError_t nhl_index_ap_cuda(const uint64_t* q, const uint64_t* db, int64_t nq, int64_t n, int words,
-                                         const uint64_t* ql, const uint64_t* dl, int label_words, const int64_t* bits,
-                                         int L, int bins, int warps, uint64_t k, uint64_t* scratch, double* ap,
-                                         int64_t* hits, cudaStream_t stream);
+#include "cuda/metric_launchers.h"
 
 namespace nhl {
 namespace metrics_cuda {
 
 const uint64_t* words_of(const at::Tensor& t) { return reinterpret_cast<const uint64_t*>(t.data_ptr<int64_t>()); }
 
-// Histograms of 4 queries per block in shared memory when they fit in 96 KiB, else one (Q, bins)
-// scratch row per query in global memory.
+// Histograms of 4 queries per block in shared memory when they fit in 96 KiB and the device's
+// per-block limit (one block per 4 queries), else global scratch rows for the warps of a bounded
+// grid that strides over the queries: 8 blocks per SM, so the scratch is SMs x 32 rows whatever
+// Q is (a row per query was 57 GB for a million queries at 1,024-4,096 bits).
 struct MetricLaunch {
   int warps = 4;
+  int64_t max_blocks = std::numeric_limits<int32_t>::max();
   at::Tensor scratch;  // undefined: shared memory
   uint64_t* scratch_ptr() const {
     return scratch.defined() ? reinterpret_cast<uint64_t*>(scratch.data_ptr<int64_t>()) : nullptr;
@@ -235,7 +228,17 @@ struct MetricLaunch {
 
 MetricLaunch metric_launch(const at::Tensor& q, int bins) {
   MetricLaunch m;
-  if (int64_t(m.warps) * bins * 8 > 96 * 1024) m.scratch = at::empty({q.size(0), bins}, q.options());
+  // the kernels' static shared memory (length tables, per-warp slots) is under 8 KiB; sm_86/89
+  // cards allow only 99 KiB per block
+  int optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.device().index()));
+  const int64_t shared_limit = std::min<int64_t>(96 * 1024, int64_t(optin) - 8 * 1024);
+  if (int64_t(m.warps) * bins * 8 > shared_limit) {
+    int sms = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, q.device().index()));
+    m.max_blocks = std::min<int64_t>(int64_t(sms) * 8, (q.size(0) + m.warps - 1) / m.warps);
+    m.scratch = at::empty({m.max_blocks * m.warps, bins}, q.options());
+  }
   return m;
 }
 
@@ -254,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor> distance_histogram_cuda(const at::Tensor& q_i
   const MetricLaunch m = metric_launch(q, t.bins);
   check_cuda(nhl_distance_histogram_cuda(words_of(q), words_of(db), nq, db.size(0), int(q.size(1)), words_of(ql),
                                          words_of(dl), t.label_words, bits_dev.data_ptr<int64_t>(), int(L), t.bins,
-                                         int(b1), m.warps, m.scratch_ptr(), tot.data_ptr<int64_t>(),
+                                         int(b1), m.warps, m.max_blocks, m.scratch_ptr(), tot.data_ptr<int64_t>(),
                                          rel.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream().stream()),
              "distance_histogram");
   return {tot, rel};
@@ -273,7 +276,7 @@ std::tuple<at::Tensor, at::Tensor> index_ap_cuda(const at::Tensor& q_in, const a
   const at::Tensor bits_dev = at::tensor(bits.vec(), q.options().device(at::kCPU)).to(q.device());
   const MetricLaunch m = metric_launch(q, t.bins);
   check_cuda(nhl_index_ap_cuda(words_of(q), words_of(db), nq, db.size(0), int(q.size(1)), words_of(ql), words_of(dl),
-                               t.label_words, bits_dev.data_ptr<int64_t>(), int(L), t.bins, m.warps,
+                               t.label_words, bits_dev.data_ptr<int64_t>(), int(L), t.bins, m.warps, m.max_blocks,
                                uint64_t(topk.value_or(db.size(0))), m.scratch_ptr(), ap.data_ptr<double>(),
                                hits.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream().stream()),
              "index_ap");

@@ -1,11 +1,9 @@
 // pack: (N, b) real/bool codes -> (N, ceil(b/64)) int64 words, bit j of word j/64 at j%64,
 // set where code > 0. One warp per output word: each lane reads 2 of its 64 codes (coalesced
 // across the warp) and two ballots assemble the word.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <algorithm>
 
+#include "cuda/acc_type.cuh"
 #include "cuda/nhl_cuda.h"
 
 namespace {
@@ -14,11 +12,7 @@ using u64 = unsigned long long;
 constexpr int kThreads = 256;
 
 template <typename T>
-__device__ __forceinline__ bool positive(T v) { return v > T(0); }
-template <>
-__device__ __forceinline__ bool positive<__half>(__half v) { return __half2float(v) > 0.f; }
-template <>
-__device__ __forceinline__ bool positive<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v) > 0.f; }
+__device__ __forceinline__ bool positive(T v) { return nhl::cuda::to_acc(v) > 0; }
 
 template <typename T>
 __global__ void pack_kernel(const T* __restrict__ codes, int64_t n, int64_t bits, int64_t words,

@@ -1,26 +1,26 @@
 // project_and_pack epilogue: signs of (x W^T + b) packed into int64 words. One warp per
 // (row, word): lane l tests columns 64w + l and 64w + 32 + l, and two warp ballots are
 // the word's low and high halves (LSB-first, the engine's layout).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda/acc_type.cuh"
 #include "cuda/projection_launchers.h"
 
 namespace {
 
-template <typename T> struct AccType { using type = float; };
-template <> struct AccType<double> { using type = double; };
+using nhl::cuda::AccType;
+using nhl::cuda::from_acc;
+using nhl::cuda::to_acc;
 
 template <typename T>
 __device__ __forceinline__ bool positive(const T* row, const T* bias, int64_t col, int64_t cols) {
   using A = typename AccType<T>::type;
   if (col >= cols) return false;
-  const T v = static_cast<T>(static_cast<A>(row[col]) + static_cast<A>(bias[col]));  // rounded like addmm
-  return static_cast<A>(v) > A(0);
+  const T v = from_acc<T>(to_acc(row[col]) + to_acc(bias[col]));  // rounded like addmm
+  return to_acc(v) > A(0);
 }
 
 template <typename T>
