@@ -109,7 +109,7 @@ def _extension():
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; the CI flag check imports it
     setup(
-        packages=["nhl_fast", "nhl_fast.losses", "nhl_fast.kernels"],
+        packages=["nhl_fast", "nhl_fast.app", "nhl_fast.losses", "nhl_fast.kernels"],
         package_dir={"nhl_fast.kernels": "kernels"},
         ext_modules=[_extension()],
         cmdclass={"build_ext": BuildExtension},

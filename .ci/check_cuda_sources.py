@@ -1,8 +1,10 @@
 """Compile every CUDA source exactly as `pip install` would on a GPU machine, with no GPU:
 each csrc/cuda/*.cu by nvcc -c with torch's own CUDAExtension flags (COMMON_NVCC_FLAGS: no implicit
-half/bfloat16 conversions or operators) plus setup.py's, warnings as errors; the C++ glue
-(csrc/cuda/*.cpp) syntax-checked against torch's headers and the toolkit's. A CPU-only torch
-still ships the ATen/cuda and c10/cuda headers.
+half/bfloat16 conversions or operators) plus setup.py's, warnings as errors: once whole (kernels,
+launcher and the op's torch glue block) against torch's headers, and once with -DNHL_KERNELS_ONLY
+and no torch include path at all, so the kernels and launchers stay torch-free (the form
+tests/cuda_sim builds). Any C++ glue left in csrc/cuda/*.cpp is syntax-checked against torch's
+headers and the toolkit's. A CPU-only torch still ships the ATen/cuda and c10/cuda headers.
 
     python .ci/check_cuda_sources.py [--arch 90]      (default: setup.py's sm_80 + sm_90)
 """
@@ -22,20 +24,30 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 build = runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="nhl_setup_flags")  # not __main__: no setup()
 
 
-def nvcc_command(src, obj, home, archs):
-    """What torch's BuildExtension runs for `src` (unix_cuda_flags), with -Werror on top."""
+# torch 2.13's headers use C++20 default bit-field initializers (c10/core/AutogradState.h) while
+# setup.py builds C++17: a warning in the real build, silenced here where warnings are errors (as
+# glue_command's -Wno-c++20-extensions). The CPU wheel lacks c10/cuda/impl/cuda_cmake_macros.h
+# (generated at torch's build; it only sets export macros), hence C10_CUDA_NO_CMAKE_CONFIGURE_FILE.
+TORCH_HEADER_FLAGS = ["-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-Xcompiler", "-Wno-c++20-extensions",
+                      "-diag-suppress=3306"]
+
+
+def nvcc_command(src, obj, home, archs, kernels_only=False):
+    """What torch's BuildExtension runs for `src` (unix_cuda_flags), with -Werror on top; kernels_only:
+    the file without its glue block (-DNHL_KERNELS_ONLY) and without torch's include paths."""
     flags = list(cpp_extension.COMMON_NVCC_FLAGS) + ["--compiler-options", "-fPIC"] + build["nvcc_flags"]()
     if archs:
         flags = [f for f in flags if not f.startswith("-gencode")] + [
             f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-    includes = cpp_extension.include_paths() + [os.path.join(ROOT, "csrc")]
+    if kernels_only:
+        includes, extra = [os.path.join(ROOT, "csrc")], ["-DNHL_KERNELS_ONLY"]
+    else:
+        includes, extra = cpp_extension.include_paths() + [os.path.join(ROOT, "csrc")], TORCH_HEADER_FLAGS
     return ([os.path.join(home, "bin", "nvcc"), "-c", src, "-o", obj, "-DNHL_WITH_CUDA=1",
-             "-DTORCH_EXTENSION_NAME=_C", "-Werror=all-warnings"] + [f"-I{p}" for p in includes] + flags)
+             "-DTORCH_EXTENSION_NAME=_C", "-Werror=all-warnings"] + extra + [f"-I{p}" for p in includes] + flags)
 
 
 def glue_command(src, home):
-    # The CPU wheel lacks c10/cuda/impl/cuda_cmake_macros.h (generated at torch's build; it only
-    # sets export macros), hence C10_CUDA_NO_CMAKE_CONFIGURE_FILE.
     includes = cpp_extension.include_paths() + [f"{home}/include", sysconfig.get_paths()["include"],
                                                 os.path.join(ROOT, "csrc")]
     return (["c++", "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-Wno-c++20-extensions", "-DNHL_WITH_CUDA=1",
@@ -52,15 +64,21 @@ def main():
         print("NOTICE: no CUDA toolkit found (nvcc, CUDA_HOME): skipping the CUDA source check")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = [(src, nvcc_command(src, os.path.join(tmp, os.path.basename(src) + ".o"), home, args.arch))
-                for src in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
-        jobs += [(src, glue_command(src, home)) for src in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))]
-        print("nvcc flags:", " ".join(jobs[0][1][jobs[0][1].index("-Werror=all-warnings"):]), flush=True)
-        run = lambda job: (job[0], subprocess.run(job[1], capture_output=True, text=True))
+        cus = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+        obj = lambda src, tag: os.path.join(tmp, os.path.basename(src) + tag + ".o")
+        jobs = [(src, "", nvcc_command(src, obj(src, ""), home, args.arch)) for src in cus]
+        # the torch-free form: its device code is the same as above, so one architecture suffices
+        one_arch = args.arch[-1:] if args.arch else ["90"]
+        jobs += [(src, " (NHL_KERNELS_ONLY)", nvcc_command(src, obj(src, ".k"), home, one_arch, kernels_only=True))
+                 for src in cus]
+        jobs += [(src, " (glue)", glue_command(src, home))
+                 for src in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))]
+        print("nvcc flags:", " ".join(jobs[0][2][jobs[0][2].index("-Werror=all-warnings"):]), flush=True)
+        run = lambda job: (job[0], job[1], subprocess.run(job[2], capture_output=True, text=True))
         failed = 0
         with ThreadPoolExecutor(args.jobs) as pool:
-            for src, res in pool.map(run, jobs):
-                name = os.path.relpath(src, ROOT)
+            for src, form, res in pool.map(run, jobs):
+                name = os.path.relpath(src, ROOT) + form
                 print(f"{'ok  ' if res.returncode == 0 else 'FAIL'} {name}", flush=True)
                 if res.returncode:
                     failed += 1

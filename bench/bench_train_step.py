@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import parser, sync, timeit, write_results  # noqa: E402
 
 import nhl_fast as nf  # noqa: E402
+from nhl_fast.app.reference_head import ReferenceHead, sp_distill  # noqa: E402
 from nhl_fast.losses import get_loss  # noqa: E402
-from nhl_fast.reference_head import ReferenceHead, sp_distill  # noqa: E402
 
 
 def reference_step(head, criteria, optimizer, x, y, idx, distill_weight, n_in):

@@ -1,7 +1,7 @@
 // Every nhl_fast op schema, in one place. Kernels register against these in
-// csrc/cpu/<op>_cpu.cpp (CPU) and csrc/cuda/ops_cuda.cpp (CUDA); Python adds
-// fakes and autograd in nhl_fast/ops.py. The pybind11 module reports build facts and controls
-// the cache of large CPU outputs (cpu/output_cache.h).
+// csrc/cpu/<op>_cpu.cpp (CPU) and the glue block of csrc/cuda/<op>_cuda.cu (CUDA), both checking
+// their arguments with csrc/checks.h; Python adds fakes and autograd (nhl_fast/_ops.py). The
+// pybind11 module reports build facts and controls the cache of large CPU outputs (cpu/output_cache.h).
 #include <torch/extension.h>
 #include <torch/library.h>
 

@@ -1,4 +1,10 @@
-"""nhl_fast: fast nested multi-length deep hashing (the Nested Hash Layer) for PyTorch."""
+"""nhl_fast: fast nested multi-length deep hashing (the Nested Hash Layer) for PyTorch.
+
+Importing it loads the compiled extension (nhl_fast._C, through _dispatch.extension(): its op schemas and
+kernels) and nhl_fast._ops (fakes, autograd, the Triton custom ops), so every torch.ops.nhl_fast.<op> and
+torch.ops.nhl_fast.<op>_triton works right after ``import nhl_fast``.
+"""
+from nhl_fast import _ops  # noqa: F401  (loads nhl_fast._C through _dispatch.extension(), then registers)
 from nhl_fast._dispatch import BackendUnavailable, build_info
 from nhl_fast.engine import empty_cache, hamming, pack, topk, unpack
 from nhl_fast.index import NestedHammingIndex

@@ -1,9 +1,25 @@
-"""Backend choice for every op: NHL_BACKEND=auto|cuda|triton|cpp|torch or backend=.
+"""THE op table and the only dispatcher: which implementation of an op runs, and why the others cannot.
 
-auto: CUDA tensors -> the CUDA extension (Triton when it was not compiled);
-CPU tensors -> the C++ extension (the torch reference when it is missing, with
-one warning, unless NHL_REQUIRE_EXT=1 makes that an error). A backend that
-cannot run raises BackendUnavailable listing why, like xformers' not_supported_reasons.
+``OPS[op][backend]`` for backend in cpp, cuda, triton, torch (None where that backend has no kernel):
+
+  cpp, cuda  the name of the compiled op in ``torch.ops.nhl_fast`` (schema in csrc/nhl_ops.cpp, kernels in
+             csrc/cpu/<op>_cpu.cpp and csrc/cuda/<op>_cuda.cu; torch's dispatcher picks the tensors' device)
+  triton     the name of its Triton custom op, ``<op>_triton`` (nhl_fast/_ops.py; launcher kernels/<op>.py)
+  torch      the reference function, the spec (nhl_fast/reference.py)
+
+Backend choice, :func:`resolve`: the ``backend=`` argument, else ``NHL_BACKEND`` (auto, cuda, triton, cpp, torch).
+
+* auto: CUDA tensors -> cuda, else triton; CPU tensors -> cpp (Triton runs CPU tensors only when asked for,
+  under TRITON_INTERPRET=1). Among those, the first the op has a kernel for and that can run here; when the op
+  has one but none can run (no extension, no triton) the torch reference runs, with one warning
+  (NHL_REQUIRE_EXT=1 makes a missing extension an error); an op with no kernel for the device runs its torch form.
+* an explicit backend that cannot run these tensors raises BackendUnavailable listing why (like xformers'
+  not_supported_reasons) -- or, for ``strict=False`` (the objective's ops, which follow NHL_BACKEND only and never
+  fail a training step over it), runs the torch reference with one warning. A backend that can run but has no
+  kernel for the op (tie_ap on triton) runs the op's torch form.
+
+:func:`build_info` reports the table for this machine: ``info["ops"][op][backend]`` is "available" or why not.
+This module does not import nhl_fast._ops (which imports it); ``import nhl_fast`` loads both.
 """
 from __future__ import annotations
 
@@ -11,16 +27,59 @@ import functools
 import importlib
 import importlib.util
 import os
+import platform
+import sys
 import warnings
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
+from nhl_fast import reference
+
 BACKENDS = ("auto", "cuda", "triton", "cpp", "torch")
+KERNEL_BACKENDS = ("cpp", "cuda", "triton", "torch")
+AVAILABLE = "available"
+
+
+def _row(cpp: Optional[str], cuda: Optional[str], triton: Optional[str], torch_ref: Callable) -> dict:
+    return {"cpp": cpp, "cuda": cuda, "triton": triton, "torch": torch_ref}
+
+
+OPS: dict[str, dict] = {
+    # engine: packed codes, nested Hamming distances, top-k (nhl_fast.engine)
+    "pack": _row("pack", "pack", "pack_triton", reference.pack),
+    "unpack": _row("unpack", "unpack", "unpack_triton", reference.unpack),
+    "hamming": _row("hamming", "hamming", "hamming_triton", reference.hamming),
+    "topk": _row("topk", "topk", "topk_triton", reference.topk),
+    # layer (nhl_fast.layers)
+    "nested_projection": _row("nested_projection", "nested_projection", "nested_projection_triton",
+                              reference.nested_projection),
+    "project_and_pack": _row("project_and_pack", "project_and_pack", "project_and_pack_triton",
+                             reference.project_and_pack),
+    # metrics (nhl_fast.metrics); tie_ap's torch form is the closed form on the histograms, on any device
+    "distance_histogram": _row("distance_histogram", "distance_histogram", "distance_histogram_triton",
+                               reference.distance_histogram),
+    "index_ap": _row("index_ap", "index_ap", "index_ap_triton", reference.index_ap),
+    "tie_ap": _row("tie_ap", None, None, reference.tie_ap),
+    # objective (nhl_fast.objective, losses/csq.py): C++ on CPU, Triton on CUDA
+    "cascade_distill": _row("cascade_distill", None, "cascade_distill_triton", reference.cascade_distill),
+    "nhl_objective": _row("nhl_objective", None, "nhl_objective_triton", reference.nhl_objective),
+    "csq_grads": _row("csq_grads", None, "csq_grads_triton", reference.csq_grads),
+}
+
+# Ops whose Triton form runs as its raw launcher in eager mode (no custom-op dispatch per call: they run every
+# training step and need no autograd); torch.compile traces the custom op, one node with a fake.
+_EAGER_LAUNCHER = frozenset({"cascade_distill", "nhl_objective", "csq_grads"})
+
+# auto's candidates per device type; anything else runs the torch reference
+_AUTO = {"cuda": ("cuda", "triton"), "cpu": ("cpp",)}
 
 
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run these inputs; the message lists the reasons."""
+
+
+# ---------------------------------------------------------------- what can run here
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,17 +107,8 @@ def _compiled_backends() -> tuple[str, ...]:
     return tuple(ext.build_info()["backends"]) if ext is not None else ()
 
 
-def build_info() -> dict:
-    """What was compiled (backends, compiler, OpenMP threads, SIMD) and what can run here."""
-    ext, reason = extension()
-    info = dict(ext.build_info()) if ext is not None else {"backends": [], "error": reason}
-    info["triton"] = _triton_reason() or "available"
-    info["cuda_device"] = torch.cuda.is_available()
-    return info
-
-
 def not_supported_reasons(backend: str, device: torch.device) -> list[str]:
-    """Why `backend` cannot run on tensors of `device` ([] when it can)."""
+    """Why `backend` cannot run on tensors of `device` ([] when it can), whatever the op."""
     reasons = []
     if backend in ("cpp", "cuda"):
         ext, why = extension()
@@ -83,102 +133,165 @@ def not_supported_reasons(backend: str, device: torch.device) -> list[str]:
     return reasons
 
 
+# ---------------------------------------------------------------- the dispatcher
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_level() -> int:
+    """warnings.warn's stacklevel of the first frame outside nhl_fast (the user's call)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 @functools.lru_cache(maxsize=None)
 def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"nhl_fast: using the slow torch reference: {reason}", RuntimeWarning, stacklevel=3)
+    warnings.warn(f"nhl_fast: using the slow torch reference: {reason}", RuntimeWarning, stacklevel=_caller_level())
 
 
-@torch.compiler.assume_constant_result  # torch.compile: decided once at trace time (fullgraph-safe)
-def choose(backend: str | None, device: torch.device) -> str:
-    """The backend to run on `device`: explicit argument, then NHL_BACKEND, then auto."""
-    backend = backend or os.environ.get("NHL_BACKEND", "auto")
+@functools.lru_cache(maxsize=None)
+def _resolve(name: str, backend: str, device_type: str, strict: bool, interpret: Optional[str]) -> str:
+    # `interpret` (TRITON_INTERPRET) is only part of the cache key: not_supported_reasons reads it
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
+    if name not in OPS:
+        raise ValueError(f"unknown op {name!r}; the ops are {tuple(OPS)}")
+    row, device = OPS[name], torch.device(device_type)
+    if backend == "torch":
+        return "torch"
     if backend != "auto":
         reasons = not_supported_reasons(backend, device)
-        if reasons:
-            raise BackendUnavailable(f"backend {backend!r} cannot run on {device}: " + "; ".join(reasons))
-        return backend
-    preferred = ("cuda", "triton") if device.type == "cuda" else ("cpp",)
-    for candidate in preferred:
+        if not reasons:
+            return backend if row[backend] is not None else "torch"
+        message = f"backend {backend!r} cannot run on {device_type}: " + "; ".join(reasons)
+        if strict:
+            raise BackendUnavailable(message)
+        _warn_fallback(f"{name}: {message}")
+        return "torch"
+    candidates = [b for b in _AUTO.get(device_type, ()) if row[b] is not None]
+    for candidate in candidates:
         if not not_supported_reasons(candidate, device):
             return candidate
-    _warn_fallback("; ".join(not_supported_reasons(preferred[0], device)))
+    if candidates:
+        _warn_fallback("; ".join(not_supported_reasons(candidates[0], device)))
     return "torch"
 
 
-def op(name: str, backend: str) -> Callable:
-    """The callable implementing op `name` on `backend` (compiled ops dispatch on device)."""
-    if backend == "torch":
-        from nhl_fast import reference
-
-        return getattr(reference, name)
-    import nhl_fast.ops  # noqa: F401  (registers fakes, autograd and the Triton ops)
-
-    if backend == "triton":
-        return getattr(torch.ops.nhl_fast, f"{name}_triton")
-    if not torch.compiler.is_compiling():  # importlib is not traceable; nhl_fast.ops loaded it already
-        extension()
-    return getattr(torch.ops.nhl_fast, name)
+def _constant_under_compile(fn: Callable) -> Callable:
+    """torch.compiler.assume_constant_result(fn): torch.compile calls `fn` once at trace time and keeps its
+    result as a constant (the dispatcher's caches and environment reads stay out of the graph: fullgraph-safe).
+    Set here as the mark that decorator sets, because calling it imports torch._dynamo (and triton): 3-4 s
+    added to every ``import nhl_fast`` (tests/test_house.py checks the mark is still the decorator's)."""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
-@functools.lru_cache(maxsize=None)  # per training step, twice: the lookups cost more than the kernels' setup
-def _cpp_serves_cached(device_type: str, backend: str) -> bool:
-    import nhl_fast.ops  # noqa: F401  (registers the fakes)
-
-    return (device_type == "cpu" and backend in ("auto", "cpp")
-            and not not_supported_reasons("cpp", torch.device(device_type)))
-
-
-@torch.compiler.assume_constant_result  # decided once at trace time (fullgraph-safe)
-def _cpp_serves(device: torch.device) -> bool:
-    return _cpp_serves_cached(device.type, os.environ.get("NHL_BACKEND", "auto"))
-
-
-# The objective's ops that have a Triton form (kernels/<name>.py), served on CUDA tensors.
-_TRITON_OBJECTIVE_OPS = ("cascade_distill", "nhl_objective", "csq_grads")
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_serves_cached(device_type: str, backend: str, interpret: str | None) -> bool:
-    # `interpret` (TRITON_INTERPRET) is only part of the cache key: not_supported_reasons reads it
-    if device_type == "cuda":
-        wanted = backend in ("auto", "triton")
-    else:  # CPU tensors run Triton only through the interpreter, and only when asked for (the tests)
-        wanted = device_type == "cpu" and backend == "triton"
-    if not wanted or not_supported_reasons("triton", torch.device(device_type)):
-        return False
-    import nhl_fast.ops  # noqa: F401  (registers nhl_fast::<name>_triton for torch.compile)
-
-    return True
-
-
-@torch.compiler.assume_constant_result  # decided once at trace time (fullgraph-safe)
-def _triton_serves(device: torch.device) -> bool:
+@_constant_under_compile
+def resolve(name: str, backend: Optional[str], device_type: str, strict: bool = True) -> str:
+    """The backend that runs op `name` on tensors of `device_type`: ``backend`` (None: NHL_BACKEND, else auto)
+    as the module docstring says; one of cpp, cuda, triton, torch."""
     env = os.environ
-    return _triton_serves_cached(device.type, env.get("NHL_BACKEND", "auto"), env.get("TRITON_INTERPRET"))
+    return _resolve(name, backend or env.get("NHL_BACKEND", "auto"), device_type, strict, env.get("TRITON_INTERPRET"))
 
 
 @functools.lru_cache(maxsize=None)
-def _triton_launcher(name: str) -> Callable:
+def triton_launcher(name: str) -> Callable:
+    """kernels/<name>.py's <name>_triton (imported on first use: triton is optional)."""
     return getattr(importlib.import_module(f"nhl_fast.kernels.{name}"), f"{name}_triton")
 
 
-def cpp_or_reference(name: str, device: torch.device) -> Callable:
-    """Op `name` of the objective (cascade_distill, nhl_objective, csq_grads): the C++ kernel on CPU tensors when
-    the extension is built and NHL_BACKEND allows it (auto, cpp); the Triton kernels (kernels/<name>.py) on CUDA
-    tensors when triton can run and NHL_BACKEND is auto or triton, and on CPU tensors for an explicit
-    NHL_BACKEND=triton under TRITON_INTERPRET=1 (how the tests run them); else its torch spec reference.<name>
-    (any device, and NHL_BACKEND=torch).
+def implementation(name: str, backend: str) -> Callable:
+    """The callable of op `name` on a resolved `backend`; the op's torch form where the backend has no kernel."""
+    row = OPS[name]
+    entry = row[backend]
+    if backend == "torch" or entry is None:
+        return row["torch"]
+    if backend == "triton" and name in _EAGER_LAUNCHER and not torch.compiler.is_compiling():
+        return triton_launcher(name)
+    return getattr(torch.ops.nhl_fast, entry)
 
-    The Triton form is the raw launcher in eager mode (no custom-op dispatch per call) and the custom op
-    nhl_fast::<name>_triton (nhl_fast/ops.py, with a fake) under torch.compile, which traces it as one node."""
-    if _cpp_serves(device):
-        return getattr(torch.ops.nhl_fast, name)
-    if name in _TRITON_OBJECTIVE_OPS and _triton_serves(device):
-        if torch.compiler.is_compiling():
-            return getattr(torch.ops.nhl_fast, f"{name}_triton")
-        return _triton_launcher(name)
-    from nhl_fast import reference
 
-    return getattr(reference, name)
+def dispatch(name: str, device: torch.device, backend: Optional[str] = None, strict: bool = True) -> Callable:
+    """The callable that runs op `name` on tensors of `device`: ``implementation(name, resolve(...))``."""
+    return implementation(name, resolve(name, backend, device.type, strict))
+
+
+# ---------------------------------------------------------------- build_info
+
+
+def _kernel_registered(name: str, key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"nhl_fast::{name}", key)
+
+
+def _support(name: str, backend: str) -> str:
+    """"available" when op `name` can run on `backend` on this machine, else why not."""
+    entry = OPS[name][backend]
+    label = {"cpp": "C++ (CPU)", "cuda": "CUDA", "triton": "Triton"}.get(backend, backend)
+    if entry is None:
+        instead = "its Triton kernel" if backend == "cuda" and OPS[name]["triton"] else "its torch form"
+        return f"nhl_fast has no {label} kernel for {name} (those tensors run {instead})"
+    if backend == "torch":
+        return AVAILABLE
+    if backend in ("cpp", "cuda"):  # the compiled op, with a kernel for the device's dispatch key
+        key = "CPU" if backend == "cpp" else "CUDA"
+        reasons = not_supported_reasons(backend, torch.device(key.lower()))
+        if not reasons and not _kernel_registered(entry, key):
+            reasons.append(f"the extension registers no {key} kernel for nhl_fast::{entry}")
+        if backend == "cuda" and not torch.cuda.is_available():
+            reasons.append("no CUDA device is visible")
+    else:  # triton: on CUDA tensors, or on CPU tensors through the interpreter
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        reasons = not_supported_reasons("triton", device)
+    return AVAILABLE if not reasons else "; ".join(reasons)
+
+
+def _cpu_flags() -> Optional[set]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def simd_runtime(info: dict) -> dict:
+    """The SIMD paths the C++ kernels take on this CPU now. The extension reports only the compile-time level
+    ("simd"); this applies the C++ run-time rules to the CPU flags read from /proc/cpuinfo:
+    top-k scan (csrc/kernels/avx512_dispatch.h records_avx512): AVX-512 when the build targets AVX2 on x86-64
+    with GCC/clang and the CPU has avx512bw and avx512vbmi2, unless NHL_TOPK_NO_AVX512 is set (not "0");
+    objective GEMMs (csrc/kernels/gemm_avx512.h, float32 only): AVX-512 when the CPU has avx512f, unless
+    NHL_OBJECTIVE_KERNELS=generic; else BLAS."""
+    compiled = info.get("simd", "generic")
+    flags = _cpu_flags()
+    x86_gnu = (platform.machine().lower() in ("x86_64", "amd64")
+               and str(info.get("compiler", "")).startswith(("gcc", "clang")))
+    if flags is None:
+        return {"topk": compiled, "objective_gemm": "unknown (no /proc/cpuinfo)",
+                "source": "Python: no /proc/cpuinfo to read; topk shows the compile-time level"}
+    off = os.environ.get("NHL_TOPK_NO_AVX512", "")
+    topk_avx512 = (x86_gnu and compiled == "avx2" and {"avx512bw", "avx512vbmi2"} <= flags
+                   and not (off and off != "0"))
+    gemm_avx512 = (x86_gnu and "avx512f" in flags and os.environ.get("NHL_OBJECTIVE_KERNELS") != "generic")
+    return {"topk": "avx512" if topk_avx512 else compiled,
+            "objective_gemm": "avx512 (float32)" if gemm_avx512 else "blas",
+            "source": "Python: /proc/cpuinfo flags with the rules of csrc/kernels/avx512_dispatch.h and "
+                      "gemm_avx512.h (the extension reports only its compile-time simd)"}
+
+
+def build_info() -> dict:
+    """What was compiled (backends, compiler, OpenMP threads, compile-time SIMD), the SIMD paths that run on
+    this CPU (simd_runtime), triton, whether a CUDA device is visible, and ops: {op: {backend: "available" or
+    why not}} for every op of the table."""
+    ext, reason = extension()
+    info = dict(ext.build_info()) if ext is not None else {"backends": [], "error": reason}
+    info["triton"] = _triton_reason() or AVAILABLE
+    info["cuda_device"] = torch.cuda.is_available()
+    if ext is not None and "simd_runtime" not in info:
+        info["simd_runtime"] = simd_runtime(info)
+    info["ops"] = {name: {b: _support(name, b) for b in KERNEL_BACKENDS} for name in OPS}
+    return info

@@ -1,7 +1,7 @@
 """The multi-length Hamming engine: pack, unpack, hamming, topk (public API).
 
-Each function validates its inputs (clear errors naming the argument), picks a
-backend (nhl_fast._dispatch) and calls the op registered for it.
+Each function validates its inputs (nhl_fast._checks: clear errors naming the argument), and
+runs the op's implementation that the op table (nhl_fast._dispatch) picks for the tensors' device.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Iterable, Optional
 import torch
 
 from nhl_fast import _checks
-from nhl_fast._dispatch import choose, extension, op
+from nhl_fast._dispatch import dispatch, extension
 
 
 def pack(codes: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
@@ -20,14 +20,14 @@ def pack(codes: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
     sign(0) packs as 0 (only strictly positive values set a bit).
     """
     codes = _checks.real_codes(codes, "codes")
-    return op("pack", choose(backend, codes.device))(codes.contiguous())
+    return dispatch("pack", codes.device, backend)(codes.contiguous())
 
 
 def unpack(packed: torch.Tensor, bits: int, *, backend: Optional[str] = None) -> torch.Tensor:
     """(N, W) int64 words -> (N, bits) float32 of +-1 (the first `bits` bits)."""
     packed = _checks.packed_codes(packed, "packed")
     (bits,) = _checks.bit_lengths(bits, packed.shape[1], "bits")
-    return op("unpack", choose(backend, packed.device))(packed.contiguous(), bits)
+    return dispatch("unpack", packed.device, backend)(packed.contiguous(), bits)
 
 
 def hamming(q: torch.Tensor, db: torch.Tensor, bits: Optional[Iterable[int]] = None, *,
@@ -38,7 +38,7 @@ def hamming(q: torch.Tensor, db: torch.Tensor, bits: Optional[Iterable[int]] = N
     """
     q, db = _checks.query_and_database(q, db)
     bits = _checks.bit_lengths(bits, q.shape[1])
-    return op("hamming", choose(backend, q.device))(q.contiguous(), db.contiguous(), list(bits))
+    return dispatch("hamming", q.device, backend)(q.contiguous(), db.contiguous(), list(bits))
 
 
 def topk(q: torch.Tensor, db: torch.Tensor, k: int, bits: Optional[Iterable[int]] = None, *,
@@ -50,7 +50,7 @@ def topk(q: torch.Tensor, db: torch.Tensor, k: int, bits: Optional[Iterable[int]
     q, db = _checks.query_and_database(q, db)
     bits = _checks.bit_lengths(bits, q.shape[1])
     k = _checks.positive_k(k, db.shape[0])
-    return op("topk", choose(backend, q.device))(q.contiguous(), db.contiguous(), k, list(bits))
+    return dispatch("topk", q.device, backend)(q.contiguous(), db.contiguous(), k, list(bits))
 
 
 def empty_cache() -> int:

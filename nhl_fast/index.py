@@ -16,6 +16,9 @@ import torch
 from nhl_fast import _checks
 from nhl_fast.engine import topk
 
+NEEDS_SAFETENSORS = ("NestedHammingIndex.save/load need the safetensors package, which the library does not "
+                     "depend on: pip install safetensors (or the app extra: pip install 'nhl-fast[app]')")
+
 
 class NestedHammingIndex:
     """Exact top-k over nested code lengths: index.add(packed); index.search(q, k) -> (L, Q, k)."""
@@ -61,7 +64,10 @@ class NestedHammingIndex:
 
     def save(self, path: str) -> None:
         """Write codes + config to a safetensors file (temp file then rename: never a torn file)."""
-        from safetensors.torch import save_file
+        try:
+            from safetensors.torch import save_file
+        except ImportError as e:
+            raise ImportError(NEEDS_SAFETENSORS) from e
 
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
@@ -76,7 +82,10 @@ class NestedHammingIndex:
 
     @classmethod
     def load(cls, path: str, device: str | torch.device = "cpu", backend: Optional[str] = None) -> "NestedHammingIndex":
-        from safetensors import SafetensorError, safe_open
+        try:
+            from safetensors import SafetensorError, safe_open
+        except ImportError as e:
+            raise ImportError(NEEDS_SAFETENSORS) from e
 
         try:
             with safe_open(path, framework="pt") as f:

@@ -17,26 +17,11 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from nhl_fast import _checks, reference
-from nhl_fast._dispatch import choose
+from nhl_fast import _checks
+from nhl_fast._dispatch import dispatch
 from nhl_fast.reference import RELAXES
 
 INITS = ("default", "normal")
-
-
-@torch.compiler.assume_constant_result
-def _backend_for(backend: Optional[str], device_type: str) -> str:
-    # Resolved once per trace: the dispatcher's import/cache machinery stays out of the graph.
-    return choose(backend, torch.device(device_type))
-
-
-def _layer_ops(backend: str):
-    """(nested_projection, project_and_pack) callables of `backend` (nhl_fast.ops is imported by the layer)."""
-    if backend == "torch":
-        return reference.nested_projection, reference.project_and_pack
-    if backend == "triton":
-        return torch.ops.nhl_fast.nested_projection_triton, torch.ops.nhl_fast.project_and_pack_triton
-    return torch.ops.nhl_fast.nested_projection, torch.ops.nhl_fast.project_and_pack
 
 
 class NestedCodes(list):
@@ -62,11 +47,6 @@ def nested_codes(full: Tensor, pre: Tensor, x: Tensor, relax: str, bit_list: Seq
     return codes
 
 
-def check_bit_list(bit_list, name: str = "bit_list") -> tuple[int, ...]:
-    """Strictly increasing positive ints (any lengths, not only powers of two)."""
-    return _checks.increasing_lengths(bit_list, name)
-
-
 class NestedHashLayer(nn.Module):
     """Nested hash layer: codes of every length in ``bit_list`` from one projection.
 
@@ -89,18 +69,11 @@ class NestedHashLayer(nn.Module):
     def __init__(self, in_features: int, bit_list: Sequence[int] = (8, 16, 32, 64, 128), relax: str = "none",
                  init: str = "default", backend: Optional[str] = None, device=None, dtype=None):
         super().__init__()
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"in_features must be a positive int, got {in_features!r}")
-        if relax not in RELAXES:
-            raise ValueError(f"relax must be one of {RELAXES}, got {relax!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        self.in_features = in_features
-        self.bit_list = check_bit_list(bit_list)
-        self.relax = relax
-        self.init = init
+        self.in_features = _checks.positive_int(in_features, "in_features")
+        self.bit_list = _checks.increasing_lengths(bit_list, "bit_list")
+        self.relax = _checks.choice("relax", relax, RELAXES)
+        self.init = _checks.choice("init", init, INITS)
         self.backend = backend
-        import nhl_fast.ops  # noqa: F401  (op schemas, fakes, autograd, Triton ops)
 
         b_max = self.bit_list[-1]
         self.weight = nn.Parameter(torch.empty(b_max, in_features, device=device, dtype=dtype))
@@ -121,8 +94,7 @@ class NestedHashLayer(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def _operands(self, x) -> tuple[Tensor, Tensor, Tensor]:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        _checks.tensor(x, "x")
         if not x.dtype.is_floating_point:
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         if x.dim() != 2 or x.shape[1] != self.in_features:
@@ -141,8 +113,7 @@ class NestedHashLayer(nn.Module):
 
     def forward(self, x: Tensor) -> NestedCodes:
         x, weight, bias = self._operands(x)
-        project, _ = _layer_ops(_backend_for(self.backend, x.device.type))
-        u, z = project(x, weight, bias, self.relax)
+        u, z = dispatch("nested_projection", x.device, self.backend)(x, weight, bias, self.relax)
         return nested_codes(u, z, x, self.relax, self.bit_list, weight, bias)
 
     @torch.no_grad()
@@ -153,8 +124,7 @@ class NestedHashLayer(nn.Module):
         Rows stream through the GEMM in chunks: no (N, b_max) float tensor is materialised.
         """
         x, weight, bias = self._operands(x)
-        _, project_and_pack = _layer_ops(_backend_for(self.backend, x.device.type))
-        return project_and_pack(x, weight, bias)
+        return dispatch("project_and_pack", x.device, self.backend)(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, bit_list={self.bit_list}, relax={self.relax!r}, init={self.init!r}"

@@ -32,11 +32,10 @@ from typing import Iterable, Optional
 import torch
 
 from nhl_fast import _checks
-from nhl_fast._dispatch import choose, op
+from nhl_fast._dispatch import dispatch
 
 TIES = ("index", "average")
 REDUCTIONS = ("mean", "none")
-_MAX_LENGTHS = 64
 _CHUNK = 1 << 22  # elements per temporary tensor (label packing)
 
 
@@ -44,25 +43,9 @@ _CHUNK = 1 << 22  # elements per temporary tensor (label packing)
 
 
 def _labels_of(labels, name: str, rows: int, codes_name: str, device: torch.device) -> torch.Tensor:
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (class indices (N,) or multi-hot (N, C)), got {type(labels).__name__}")
-    if labels.dim() not in (1, 2):
-        raise ValueError(f"{name} must be 1-D class indices (N,) or a 2-D multi-hot matrix (N, C), got shape {tuple(labels.shape)}")
-    if labels.shape[0] != rows:
-        raise ValueError(f"{name} has {labels.shape[0]} rows but {codes_name} has {rows} codes")
-    if labels.device != device:
-        raise ValueError(f"{name} must be on the device of {codes_name} ({device}), got {labels.device}")
-    if labels.dim() == 1:
-        if labels.dtype == torch.bool or labels.dtype.is_floating_point or labels.dtype.is_complex:
-            raise TypeError(f"{name}: 1-D labels are class indices and must be an integer dtype, got {labels.dtype}")
-        return labels.to(torch.int64).contiguous()
-    if labels.shape[1] == 0:
-        raise ValueError(f"{name} has no label columns (shape {tuple(labels.shape)})")
-    if labels.dtype.is_complex:
-        raise TypeError(f"{name}: multi-hot labels must be bool, integer or floating point, got {labels.dtype}")
-    if labels.dtype != torch.bool and not bool(((labels == 0) | (labels == 1)).all()):
-        raise ValueError(f"{name}: a 2-D label matrix must be multi-hot (only 0 and 1)")
-    return _pack_rows(labels != 0)
+    """The ops' form of checked labels: int64 class indices (N,), or multi-hot packed to (N, ceil(C/64)) words."""
+    labels = _checks.labels(labels, name, rows=rows, of=codes_name, device=device)
+    return labels.to(torch.int64).contiguous() if labels.dim() == 1 else _pack_rows(labels != 0)
 
 
 def _pack_rows(on: torch.Tensor) -> torch.Tensor:
@@ -81,10 +64,7 @@ def _pack_rows(on: torch.Tensor) -> torch.Tensor:
 def _prepare(q, db, q_labels, db_labels, bits):
     q, db = _checks.query_and_database(q, db)
     bits = _checks.bit_lengths(bits, q.shape[1])
-    if len(bits) > _MAX_LENGTHS:
-        raise ValueError(f"bits: at most {_MAX_LENGTHS} code lengths per call, got {len(bits)}")
-    if db.shape[0] >= 1 << 32:
-        raise ValueError(f"db: at most 2^32 - 1 codes per call, got {db.shape[0]}")
+    _checks.metric_limits(db, bits)
     ql = _labels_of(q_labels, "q_labels", q.shape[0], "q", q.device)
     dl = _labels_of(db_labels, "db_labels", db.shape[0], "db", db.device)
     if ql.dim() != dl.dim():
@@ -93,12 +73,6 @@ def _prepare(q, db, q_labels, db_labels, bits):
     if ql.dim() == 2 and q_labels.shape[1] != db_labels.shape[1]:
         raise ValueError(f"q_labels and db_labels must have the same number of classes, got {q_labels.shape[1]} and {db_labels.shape[1]}")
     return q.contiguous(), db.contiguous(), ql, dl, list(bits)
-
-
-def _choice(name: str, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} must be one of {allowed}")
-    return value
 
 
 def _topk(topk, n: int, name: str = "topk") -> Optional[int]:
@@ -110,7 +84,7 @@ def _reduce(per_query: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def _histograms(q, db, ql, dl, bits, backend):
-    return op("distance_histogram", choose(backend, q.device))(q, db, ql, dl, bits)
+    return dispatch("distance_histogram", q.device, backend)(q, db, ql, dl, bits)
 
 
 # ---------------------------------------------------------------- closed forms on the histograms
@@ -119,13 +93,9 @@ def _histograms(q, db, ql, dl, bits, backend):
 def tie_aware_ap(tot: torch.Tensor, rel: torch.Tensor, topk: Optional[int] = None, *,
                  backend: Optional[str] = None) -> torch.Tensor:
     """Tie-aware AP (L, Q) float64 from the histograms of ``distance_histogram`` (see
-    ``reference.tie_ap`` for the closed forms). The C++ op does one row per (length, query); other
-    backends run the reference's O(L Q B) tensor ops on the histograms' device."""
-    if choose(backend, tot.device) == "cpp":
-        return op("tie_ap", "cpp")(tot, rel, topk)
-    from nhl_fast import reference
-
-    return reference.tie_ap(tot, rel, topk)
+    ``reference.tie_ap`` for the closed forms). The C++ op does one row per (length, query); the other
+    backends have no tie_ap kernel and run the reference's O(L Q B) tensor ops on the histograms' device."""
+    return dispatch("tie_ap", tot.device, backend)(tot, rel, topk)
 
 
 def _expected_hits(tot: torch.Tensor, rel: torch.Tensor, k: int) -> torch.Tensor:
@@ -156,10 +126,10 @@ def mean_average_precision(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Te
     """
     q, db, ql, dl, bits = _prepare(q, db, q_labels, db_labels, bits)
     topk = _topk(topk, db.shape[0])
-    _choice("ties", ties, TIES)
-    _choice("reduction", reduction, REDUCTIONS)
+    _checks.choice("ties", ties, TIES)
+    _checks.choice("reduction", reduction, REDUCTIONS)
     if ties == "index":
-        ap, _ = op("index_ap", choose(backend, q.device))(q, db, ql, dl, bits, topk)
+        ap, _ = dispatch("index_ap", q.device, backend)(q, db, ql, dl, bits, topk)
     else:
         ap = tie_aware_ap(*_histograms(q, db, ql, dl, bits, backend), topk, backend=backend)
     return _reduce(ap, reduction)
@@ -175,7 +145,7 @@ def precision_at_radius(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tenso
         raise TypeError(f"radius must be an int, got {type(radius).__name__}")
     if radius < 0:
         raise ValueError(f"radius={radius} must be >= 0")
-    _choice("reduction", reduction, REDUCTIONS)
+    _checks.choice("reduction", reduction, REDUCTIONS)
     tot, rel = _histograms(q, db, ql, dl, bits, backend)
     r = min(radius, tot.shape[-1] - 1)
     got, good = tot[..., : r + 1].sum(-1).double(), rel[..., : r + 1].sum(-1).double()
@@ -193,7 +163,7 @@ def precision_recall_curve(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Te
     retrieved / all relevant (0 when the query has no relevant item).
     """
     q, db, ql, dl, bits = _prepare(q, db, q_labels, db_labels, bits)
-    _choice("reduction", reduction, REDUCTIONS)
+    _checks.choice("reduction", reduction, REDUCTIONS)
     tot, rel = _histograms(q, db, ql, dl, bits, backend)
     got, good = tot.cumsum(-1).double(), rel.cumsum(-1).double()
     every = good[..., -1:]
@@ -207,10 +177,10 @@ def _hits_at_k(q, db, q_labels, db_labels, k, bits, ties, backend, want_total: b
     k = _topk(k, db.shape[0], "k")
     if k is None:
         raise TypeError("k must be an int, got None")
-    _choice("ties", ties, TIES)
+    _checks.choice("ties", ties, TIES)
     hist = _histograms(q, db, ql, dl, bits, backend) if (want_total or ties == "average") else None
     if ties == "index":
-        _, hits = op("index_ap", choose(backend, q.device))(q, db, ql, dl, bits, k)
+        _, hits = dispatch("index_ap", q.device, backend)(q, db, ql, dl, bits, k)
         hits = hits.double()
     else:
         hits = _expected_hits(*hist, k)
@@ -223,7 +193,7 @@ def precision_at_k(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db
                    backend: Optional[str] = None) -> torch.Tensor:
     """Fraction of relevant items among the first k retrieved: (L,) or (L, Q) float64.
     ties="index": ranked by (distance, index); "average": expectation over random tie orders."""
-    _choice("reduction", reduction, REDUCTIONS)
+    _checks.choice("reduction", reduction, REDUCTIONS)
     hits, k, _ = _hits_at_k(q, db, q_labels, db_labels, k, bits, ties, backend, want_total=False)
     return _reduce(hits / k, reduction)
 
@@ -233,6 +203,6 @@ def recall_at_k(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_la
                 backend: Optional[str] = None) -> torch.Tensor:
     """Fraction of all relevant items found among the first k retrieved (0 for a query with no
     relevant item): (L,) or (L, Q) float64. ties as in precision_at_k."""
-    _choice("reduction", reduction, REDUCTIONS)
+    _checks.choice("reduction", reduction, REDUCTIONS)
     hits, _, total = _hits_at_k(q, db, q_labels, db_labels, k, bits, ties, backend, want_total=True)
     return _reduce(torch.where(total > 0, hits / total.clamp(min=1), 0.0), reduction)

@@ -21,8 +21,9 @@ weight gradients G^T X directly when B > sum b_k), on device, with no host sync.
 The base-loss parts dL_k/du: a loss with closed-form gradients (``length_grads``, e.g. CSQ)
 returns them packed with its values, without any graph; any other loss is run with autograd and
 its K gradients come from ONE batched autograd call over the loss graph only (``is_grads_batched``:
-the backbone and the projection are never traversed; K passes if vmap cannot batch one of its
-ops). ``closed_form = False`` forces the generic path.
+the backbone and the projection are never traversed). If vmap cannot batch one of its ops, the objective
+says so once (a RuntimeWarning naming the error) and takes K passes from then on; an out-of-memory error
+propagates. ``closed_form = False`` forces the generic path.
 
 Distillation D_k (k < K): ||N(S_{k+1}) - N(S_k)||_F^2 / B^2 with S_k = u_k u_k^T,
 N = row L2-normalisation, the teacher S_{k+1} detached; its gradient is closed-form
@@ -30,7 +31,8 @@ N = row L2-normalisation, the teacher S_{k+1} detached; its gradient is closed-f
 
 Everything after the base loss is one op, ``nhl_fast::nhl_objective`` (spec: reference.nhl_objective):
 distillation, dots, weights, the weighted total and d total/du (weights constant). On CPU it is
-one C++ call (csrc/cpu/nhl_objective_cpu.cpp); other devices run the torch spec. Its gradient
+one C++ call (csrc/cpu/nhl_objective_cpu.cpp), on CUDA the Triton kernels (kernels/nhl_objective.py); elsewhere
+the torch spec runs. Its gradient
 enters autograd through one node (_ClosedFormGrad), so a closed-form step builds no graph
 below the layer's output.
 
@@ -49,23 +51,32 @@ The reference also slices the flattened weight gradient with a hard-coded 2048
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nhl_fast._dispatch import cpp_or_reference
-from nhl_fast.layers import NestedCodes, check_bit_list
+from nhl_fast import _checks
+from nhl_fast._dispatch import dispatch
+from nhl_fast.layers import NestedCodes
 from nhl_fast.losses import NestedLoss, PerLengthLoss, get_loss, multi_hot
 
 
 def objective_terms(u: Tensor, grads: Optional[Tensor], losses: Tensor, x: Optional[Tensor],
                     relax_deriv: Optional[Tensor], bit_list: Sequence[int], beta: float, distill: float,
                     faithful: bool, closed_form: bool):
-    """reference.nhl_objective's outputs: the C++ op on CPU, Triton on CUDA, else the torch spec."""
-    return cpp_or_reference("nhl_objective", u.device)(u, grads, losses, x, relax_deriv, list(bit_list), beta,
-                                                        distill, faithful, closed_form)
+    """reference.nhl_objective's outputs: the C++ op on CPU, Triton on CUDA, else the torch spec (NHL_BACKEND
+    picks another; one that cannot run falls back to the spec: _dispatch, strict=False)."""
+    return dispatch("nhl_objective", u.device, strict=False)(u, grads, losses, x, relax_deriv, list(bit_list), beta,
+                                                             distill, faithful, closed_form)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """torch.OutOfMemoryError, or an allocator's "out of memory" / "not enough memory" RuntimeError."""
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "not enough memory" in text
 
 
 class _ClosedFormGrad(torch.autograd.Function):
@@ -121,7 +132,7 @@ class NHLObjective(nn.Module):
                  adaptive: bool = True, beta: float = 1.0, distill: float = 0.1, faithful: bool = False,
                  **loss_kwargs):
         super().__init__()
-        self.bit_list = check_bit_list(bit_list)
+        self.bit_list = _checks.increasing_lengths(bit_list, "bit_list")
         if isinstance(base_loss, str):
             self.base = get_loss(base_loss, self.bit_list, **loss_kwargs)
         elif isinstance(base_loss, NestedLoss):
@@ -198,8 +209,14 @@ class NHLObjective(nn.Module):
             try:
                 (G,) = torch.autograd.grad(losses, u, eye, retain_graph=True, allow_unused=True,
                                            is_grads_batched=True)
-            except RuntimeError:  # a loss op vmap cannot batch: fall back to K passes over the loss graph
+            except RuntimeError as e:  # a loss op vmap cannot batch: K passes over the loss graph from now on
+                if _out_of_memory(e):
+                    raise  # not a limit of vmap: the caller must see it (smaller batch, more memory)
                 self._batched_grad = False
+                warnings.warn(f"NHLObjective: the base loss's backward cannot be batched over the {k} lengths "
+                              f"(is_grads_batched / vmap: {str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                              f"this objective now computes the {k} per-length gradients with {k} separate backward "
+                              "passes (same values, slower)", RuntimeWarning, stacklevel=5)
         if not self._batched_grad:
             parts = [torch.autograd.grad(losses[i], u, retain_graph=True, allow_unused=True)[0] for i in range(k)]
             G = torch.stack([p if p is not None else torch.zeros_like(u) for p in parts])

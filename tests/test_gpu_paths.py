@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.utils.cpp_extension as cpp_extension
 
-import nhl_fast
+import nhl_fast  # noqa: F401  (registers every torch.ops.nhl_fast.* op, the Triton twins included)
 from nhl_fast import reference as ref
 from nhl_fast._dispatch import not_supported_reasons
 
@@ -133,7 +133,6 @@ def test_triton_projection_int64_row_offsets(op):
     g = torch.Generator().manual_seed(0)
     x.copy_(torch.randn(rows, k, generator=g).half())
     w, b = torch.randn(70, k, generator=g).half(), torch.randn(70, generator=g).half()
-    import nhl_fast.ops  # noqa: F401  (registers the Triton ops)
     if op == "project_and_pack":
         got = torch.ops.nhl_fast.project_and_pack_triton(x, w, b)
         want = ref.project_and_pack(x.contiguous().float(), w.float(), b.float())

@@ -375,7 +375,7 @@ def test_ops_match_reference(backend, device, words, bits, labels):
     db[2] = q[0]
     ql, dl = labels_for(labels, Q, N, gen)
     args = [t.to(device) for t in (q, db, ql, dl)]
-    from nhl_fast._dispatch import op
+    from nhl_fast._dispatch import implementation as op
 
     tot, rel = op("distance_histogram", backend)(*args, bits)
     want_tot, want_rel = reference.distance_histogram(q, db, ql, dl, bits)
@@ -424,8 +424,6 @@ def _compiled_ops():
         ops += [torch.ops.nhl_fast.distance_histogram.default, torch.ops.nhl_fast.index_ap.default,
                 torch.ops.nhl_fast.tie_ap.default]
     if "triton" in cpu_backends():
-        import nhl_fast.ops  # noqa: F401
-
         ops += [torch.ops.nhl_fast.distance_histogram_triton.default, torch.ops.nhl_fast.index_ap_triton.default]
     return ops
 

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import nhl_fast as nf
-import nhl_fast.ops  # noqa: F401
 from nhl_fast import reference
 from nhl_fast._dispatch import not_supported_reasons
 
@@ -110,19 +109,19 @@ def test_nhl_objective_opcheck_and_empty_batch():
 def test_nhl_objective_bad_input():
     u, grads, losses, x, deriv = _inputs(6, BITS, 10, torch.float32, 1)
     op = torch.ops.nhl_fast.nhl_objective
-    with pytest.raises(RuntimeError, match="grads must have shape"):
+    with pytest.raises(ValueError, match="grads must have shape"):
         op(u, grads[:, 1:], losses, x, None, list(BITS), 1.0, 0.1, False, True)
-    with pytest.raises(RuntimeError, match="losses must be"):
+    with pytest.raises(ValueError, match="losses must be"):
         op(u, grads, losses[1:], x, None, list(BITS), 1.0, 0.1, False, True)
-    with pytest.raises(RuntimeError, match="x must be"):
+    with pytest.raises(ValueError, match="x must be"):
         op(u, grads, losses, x[1:], None, list(BITS), 1.0, 0.1, False, True)
-    with pytest.raises(RuntimeError, match="dtype"):
+    with pytest.raises(TypeError, match="dtype"):
         op(u, grads.double(), losses, x, None, list(BITS), 1.0, 0.1, False, True)
-    with pytest.raises(RuntimeError, match="closed_form needs grads"):
+    with pytest.raises(ValueError, match="closed_form needs grads"):
         op(u, None, losses, x, None, list(BITS), 1.0, 0.1, False, True)
-    with pytest.raises(RuntimeError, match="bits"):
+    with pytest.raises(ValueError, match="bits"):
         op(u, grads, losses, x, None, [4, 8, 13, 29], 1.0, 0.1, False, True)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32 or float64"):
         op(u.half(), grads, losses, x, None, list(BITS), 1.0, 0.1, False, True)
 
 
@@ -171,13 +170,13 @@ def test_csq_grads_opcheck_and_bad_input():
     u, labels, centers, tie = _csq_inputs(6, BITS, False, torch.float32, 0)
     torch.library.opcheck(torch.ops.nhl_fast.csq_grads.default, (u, labels, centers, tie, list(BITS), 1e-4))
     op = torch.ops.nhl_fast.csq_grads
-    with pytest.raises(RuntimeError, match="centers must be"):
+    with pytest.raises(ValueError, match="centers must be"):
         op(u, labels, centers[:, 1:], tie[1:], list(BITS), 1e-4)
-    with pytest.raises(RuntimeError, match="labels must be"):
+    with pytest.raises(ValueError, match="labels must be"):
         op(u, labels[1:], centers, tie, list(BITS), 1e-4)
-    with pytest.raises(RuntimeError, match="tie must be"):
+    with pytest.raises(ValueError, match="tie must be"):
         op(u, labels, centers, tie[1:], list(BITS), 1e-4)
-    with pytest.raises(RuntimeError, match="dtype"):
+    with pytest.raises(TypeError, match="dtype"):
         op(u, labels.double(), centers, tie, list(BITS), 1e-4)
 
 
@@ -191,10 +190,10 @@ def test_objective_cpp_and_torch_paths_agree(monkeypatch, relax):
     x = torch.randn(12, 40, generator=gen, dtype=torch.float64)
     labels = torch.randint(0, 4, (12,), generator=gen)
     results = []
-    for use_cpp in (True, False):
-        monkeypatch.setattr("nhl_fast._dispatch._cpp_serves", lambda device, _c=use_cpp: _c)
+    for backend in ("cpp", "torch"):  # the objective's ops follow NHL_BACKEND; the layer stays on cpp
+        monkeypatch.setenv("NHL_BACKEND", backend)
         torch.manual_seed(1)
-        layer = nf.NestedHashLayer(40, bits, relax=relax, dtype=torch.float64)
+        layer = nf.NestedHashLayer(40, bits, relax=relax, dtype=torch.float64, backend="cpp")
         obj = nf.NHLObjective("csq", bits, beta=0.05, distill=0.1, num_classes=4).double()
         loss = obj(layer(x), labels)
         loss.backward()

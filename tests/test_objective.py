@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nhl_fast as nf
-from nhl_fast import reference
-from nhl_fast.reference_head import ReferenceHead, sp_distill
+from nhl_fast.app.reference_head import ReferenceHead, sp_distill
 
 BITS = (4, 8, 13, 30)  # any increasing lengths; 13 and 30 are not powers of two
 N_CLASS = 5
@@ -130,11 +129,35 @@ def test_batched_grad_falls_back_when_vmap_cannot_batch():
     fn = alternating_center_loss(BITS, 0)
     net, layer, x, labels, idx = make_problem(0)
     obj = nf.NHLObjective(lambda u, y, i: fn(NoVmap.apply(u), y, i), BITS, beta=0.5, distill=0.1)
-    obj(layer(net(x)), labels, idx)
+    with pytest.warns(RuntimeWarning, match=r"4 separate backward passes.*") as record:  # says so, once
+        obj(layer(net(x)), labels, idx)
+        obj(layer(net(x)), labels, idx)
+    assert len([w for w in record if "separate backward" in str(w.message)]) == 1
+    assert "item" in str(record[0].message)  # names why
     assert obj._batched_grad is False
     want = naive_weights(naive_per_length(layer(net(x)), fn, labels, idx, 0.1), layer.weight, BITS, 0.5)
     torch.testing.assert_close(obj.last_weights, want, rtol=1e-6, atol=0)
 
+
+
+def test_out_of_memory_in_the_batched_grads_propagates():
+    """An out-of-memory error is not a loss vmap cannot batch: it reaches the caller, and the objective keeps
+    its batched path (no silent switch to K passes)."""
+    class OutOfMemory(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, u):
+            return u * 1.0
+
+        @staticmethod
+        def backward(ctx, g):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    fn = alternating_center_loss(BITS, 0)
+    net, layer, x, labels, idx = make_problem(0)
+    obj = nf.NHLObjective(lambda u, y, i: fn(OutOfMemory.apply(u), y, i), BITS, beta=0.5, distill=0.1)
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory"):
+        obj(layer(net(x)), labels, idx)
+    assert obj._batched_grad is True
 
 
 def test_non_adaptive_objective_is_plain_sum():

@@ -1,6 +1,6 @@
 """The Triton forms of the objective's ops (kernels/csq_grads.py, kernels/cascade_distill.py,
 kernels/nhl_objective.py) against their torch spec (nhl_fast.reference), the dispatch that picks them
-(nhl_fast._dispatch.cpp_or_reference), their custom ops (opcheck, torch.compile) and NHLObjective end to end.
+(nhl_fast._dispatch.dispatch with strict=False), their custom ops (opcheck, torch.compile) and NHLObjective end to end.
 
 Triton runs on CPU tensors under TRITON_INTERPRET=1 (the interpreter is slow: shapes stay tiny) and on CUDA
 tensors when a GPU is lent (`pytest -m cuda`). Edges: B = 1, B not a multiple of any block, lengths that are
@@ -183,19 +183,22 @@ def test_dispatch_picks_triton(name, monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setenv("NHL_BACKEND", "triton")
     if "cpu" in TRITON_DEVICES:
-        assert _dispatch.cpp_or_reference(name, cpu) is kernels(name)
+        assert _dispatch.dispatch(name, cpu, strict=False) is kernels(name)
     monkeypatch.setenv("NHL_BACKEND", "torch")
-    assert _dispatch.cpp_or_reference(name, cpu) is getattr(reference, name)
+    assert _dispatch.dispatch(name, cpu, strict=False) is getattr(reference, name)
+    monkeypatch.setenv("NHL_BACKEND", "cuda")  # no CUDA kernel, CPU tensors: the objective's ops never fail
+    assert _dispatch.dispatch(name, cpu, strict=False) is getattr(reference, name)
+    monkeypatch.setenv("NHL_BACKEND", "auto")
+    if not not_supported_reasons("cpp", cpu):
+        assert _dispatch.dispatch(name, cpu, strict=False) is getattr(torch.ops.nhl_fast, name)
     if torch.cuda.is_available() and not not_supported_reasons("triton", torch.device("cuda")):
         for backend in ("auto", "triton"):
             monkeypatch.setenv("NHL_BACKEND", backend)
-            assert _dispatch.cpp_or_reference(name, torch.device("cuda")) is kernels(name)
+            assert _dispatch.dispatch(name, torch.device("cuda"), strict=False) is kernels(name)
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 def test_custom_ops_opcheck(device):
-    import nhl_fast.ops  # noqa: F401  (registers nhl_fast::<name>_triton)
-
     ops = torch.ops.nhl_fast
     u = codes(5, 13, torch.float32, device, 1)
     torch.library.opcheck(ops.cascade_distill_triton.default, (u, list(SHORT)))

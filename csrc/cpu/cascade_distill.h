@@ -3,14 +3,8 @@
 #include <torch/all.h>
 
 #include <tuple>
-#include <vector>
 
 namespace nhl {
-
-// TORCH_CHECK that u is a (B, b_max) float32/float64 matrix and bits strictly increasing, >= 1,
-// ending at b_max. Returns the packed column layout: length k's segment starts at offset[k] (K + 1
-// entries, offset[K] = sum b_k).
-std::vector<int64_t> check_codes(const char* op, const at::Tensor& u, at::IntArrayRef bits);
 
 // Whether the float32 AVX-512 kernels (kernels/gemm_avx512.h) serve t: float32 on a CPU with AVX-512F, unless
 // NHL_OBJECTIVE_KERNELS=generic forces the portable path (the tests run both).

@@ -11,6 +11,7 @@
 #include <torch/all.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "cpu/cascade_distill.h"
 #include "kernels/gemm_avx512.h"
 
@@ -119,21 +120,6 @@ void distill_terms(T* grams, T* norms, T* sym, double* dist, int64_t K, int64_t 
 
 }  // namespace
 
-std::vector<int64_t> check_codes(const char* op, const at::Tensor& u, at::IntArrayRef bits) {
-  TORCH_CHECK(u.dim() == 2, op, ": u must be (B, b_max)");
-  TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble, op,
-              ": u must be float32 or float64, got ", u.scalar_type());
-  const int64_t K = static_cast<int64_t>(bits.size());
-  TORCH_CHECK(K >= 1, op, ": bits must not be empty");
-  std::vector<int64_t> offset(K + 1, 0);
-  for (int64_t k = 0; k < K; ++k) {
-    TORCH_CHECK(bits[k] >= 1 && (k == 0 || bits[k] > bits[k - 1]), op, ": bits must be strictly increasing and >= 1");
-    offset[k + 1] = offset[k] + bits[k];
-  }
-  TORCH_CHECK(bits[K - 1] == u.size(1), op, ": u must have bits[-1] columns");
-  return offset;
-}
-
 bool use_avx512_kernels(const at::Tensor& t) {
 #ifdef NHL_HAVE_GEMM_AVX512
   const char* forced = std::getenv("NHL_OBJECTIVE_KERNELS");
@@ -194,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor> cascade_distill_terms(const at::Tensor& u, at
 
 std::tuple<at::Tensor, at::Tensor> cascade_distill_cpu(const at::Tensor& u_in, at::IntArrayRef bits) {
   check_codes("cascade_distill", u_in, bits);
-  TORCH_CHECK(bits.size() >= 2, "cascade_distill: bits needs at least 2 lengths");
+  TORCH_CHECK_VALUE(bits.size() >= 2, "cascade_distill: bits=", bits, " needs at least 2 lengths");
   auto [dist_d, grad] = cascade_distill_terms(u_in.contiguous(), bits);
   return {dist_d.to(u_in.scalar_type()), grad};
 }

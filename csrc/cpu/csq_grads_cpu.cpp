@@ -17,7 +17,7 @@
 
 #include <vector>
 
-#include "cpu/cascade_distill.h"
+#include "checks.h"
 
 namespace nhl {
 
@@ -75,16 +75,18 @@ std::tuple<at::Tensor, at::Tensor> csq_grads_cpu(const at::Tensor& u_in, const a
   const int64_t K = static_cast<int64_t>(bits.size());
   const int64_t B = u_in.size(0), b_max = u_in.size(1);
   const int64_t P = offset[K];
-  TORCH_CHECK(labels_in.dim() == 2 && labels_in.size(0) == B, "csq_grads: labels must be (B, C) multi-hot with B = ", B);
-  TORCH_CHECK(centers_in.dim() == 2 && centers_in.size(0) == labels_in.size(1) &&
-                  (centers_in.size(1) == P || centers_in.size(1) == b_max),
-              "csq_grads: centers must be (C, sum b_k) (a centre per length) or (C, b_max) (nested centres), got ",
-              centers_in.sizes());
-  TORCH_CHECK(tie_in.dim() == 1 && tie_in.size(0) == centers_in.size(1), "csq_grads: tie must be (", centers_in.size(1),
-              ",), one sign per centre column");
-  TORCH_CHECK(labels_in.scalar_type() == u_in.scalar_type() && centers_in.scalar_type() == u_in.scalar_type() &&
-                  tie_in.scalar_type() == u_in.scalar_type(),
-              "csq_grads: labels, centers and tie must have u's dtype");
+  TORCH_CHECK_VALUE(labels_in.dim() == 2 && labels_in.size(0) == B, "csq_grads: labels must be (B, C) multi-hot with B=",
+                    B, ", got shape ", labels_in.sizes());
+  TORCH_CHECK_VALUE(centers_in.dim() == 2 && centers_in.size(0) == labels_in.size(1) &&
+                        (centers_in.size(1) == P || centers_in.size(1) == b_max),
+                    "csq_grads: centers must be (C, sum b_k) = (", labels_in.size(1), ", ", P,
+                    ") (a centre per length) or (C, b_max) = (", labels_in.size(1), ", ", b_max,
+                    ") (nested centres), got shape ", centers_in.sizes());
+  TORCH_CHECK_VALUE(tie_in.dim() == 1 && tie_in.size(0) == centers_in.size(1), "csq_grads: tie must be (",
+                    centers_in.size(1), ",), one sign per centre column, got shape ", tie_in.sizes());
+  check_same_dtype("csq_grads", "labels", labels_in, "u", u_in);
+  check_same_dtype("csq_grads", "centers", centers_in, "u", u_in);
+  check_same_dtype("csq_grads", "tie", tie_in, "u", u_in);
   // centre column of length k's first bit: its own segment, or column 0 of the shared (nested) centres
   std::vector<int64_t> tbase(K, 0);
   if (centers_in.size(1) == P) tbase.assign(offset.begin(), offset.end() - 1);

@@ -4,6 +4,7 @@
 #include <torch/all.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "cpu/metrics_common.h"
 
 namespace nhl {

@@ -3,14 +3,14 @@
 #include <torch/all.h>
 #include <torch/library.h>
 
-#include "cpu/engine_checks.h"
+#include "checks.h"
 #include "cpu/output_cache.h"
 #include "kernels/hamming.h"
 
 namespace nhl {
 
 at::Tensor hamming_cpu(const at::Tensor& q_in, const at::Tensor& db_in, at::IntArrayRef bits) {
-  check_query_database(q_in, db_in, bits, "hamming");
+  check_query_database("hamming", q_in, db_in, bits);
   const at::Tensor q = q_in.contiguous(), db = db_in.contiguous();
   const int64_t Q = q.size(0), N = db.size(0), W = q.size(1);
   const LengthPlan plan(bits.data(), static_cast<int>(bits.size()));

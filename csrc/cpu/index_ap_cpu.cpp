@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "checks.h"
 #include "cpu/metrics_common.h"
 #include "cpu/topk_run.h"
 
@@ -69,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor> index_ap_cpu(const at::Tensor& q_in, const at
                                                 const at::Tensor& dl_in, at::IntArrayRef bits,
                                                 std::optional<int64_t> topk) {
   check_metric_inputs("index_ap", q_in, db_in, ql_in, dl_in, bits);
-  TORCH_CHECK(!topk.has_value() || (*topk >= 1 && *topk <= db_in.size(0)), "index_ap: topk must be in [1, N]");
+  if (topk) check_k("index_ap", "topk", *topk, db_in.size(0));
   const at::Tensor q = q_in.contiguous(), db = db_in.contiguous(), ql = ql_in.contiguous(), dl = dl_in.contiguous();
   const MetricTables tables = metric_tables(bits, ql);
   const ApProblem p = cpu_problem(q, db, ql, dl, tables);

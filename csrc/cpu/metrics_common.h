@@ -1,6 +1,6 @@
-// Shared torch-side setup of the metric ops (distance_histogram, index_ap): input checks, the
-// nested-length tables of kernels/ap.h, and dispatch on the label layout. Used by the CPU ops and
-// the CUDA glue.
+// Shared torch-side setup of the CPU metric ops (distance_histogram, index_ap): the nested-length
+// tables of kernels/ap.h, dispatch on the label layout, parallel blocks. Their argument checks are
+// checks.h's check_metric_inputs.
 #pragma once
 #include <torch/all.h>
 
@@ -9,9 +9,12 @@
 #include <atomic>
 #include <vector>
 
+#include "checks.h"
 #include "kernels/ap_block_cpu.h"
 
 namespace nhl {
+
+static_assert(kApMaxLengths >= kMetricMaxLengths, "check_metric_inputs admits more lengths than the kernels hold");
 
 struct MetricTables {
   std::vector<int> full, offset;
@@ -19,30 +22,6 @@ struct MetricTables {
   int bins = 0;
   int label_words = 0;
 };
-
-inline void check_metric_inputs(const char* op, const at::Tensor& q, const at::Tensor& db, const at::Tensor& q_labels,
-                                const at::Tensor& db_labels, at::IntArrayRef bits) {
-  TORCH_CHECK(q.dim() == 2 && db.dim() == 2 && q.scalar_type() == at::kLong && db.scalar_type() == at::kLong, op,
-              ": q and db must be 2-D int64 packed codes");
-  TORCH_CHECK(q.size(1) == db.size(1) && q.size(1) >= 1 && q.size(1) <= 64, op,
-              ": q and db must have the same number of words, 1 to 64 (codes of up to 4096 bits)");
-  TORCH_CHECK(q_labels.scalar_type() == at::kLong && db_labels.scalar_type() == at::kLong, op,
-              ": labels must be int64 (class indices or packed bitmasks)");
-  TORCH_CHECK(q_labels.dim() == db_labels.dim() && (q_labels.dim() == 1 || q_labels.dim() == 2), op,
-              ": q_labels and db_labels must both be 1-D class indices or both 2-D packed bitmasks");
-  TORCH_CHECK(q_labels.size(0) == q.size(0) && db_labels.size(0) == db.size(0), op,
-              ": one label row per code is required");
-  TORCH_CHECK(q_labels.dim() == 1 || (q_labels.size(1) == db_labels.size(1) && q_labels.size(1) >= 1), op,
-              ": packed label widths differ");
-  TORCH_CHECK(db.size(0) >= 1 && db.size(0) < (int64_t(1) << 32), op, ": the database must hold 1 .. 2^32-1 codes");
-  TORCH_CHECK(!bits.empty() && int64_t(bits.size()) <= kApMaxLengths, op, ": 1 to ", kApMaxLengths, " code lengths");
-  for (size_t l = 0; l < bits.size(); ++l) {
-    TORCH_CHECK(bits[l] >= 1 && bits[l] <= 64 * q.size(1), op, ": bits out of range [1, 64 * words]");
-    TORCH_CHECK(l == 0 || bits[l] > bits[l - 1], op, ": bits must be strictly increasing");
-  }
-  const at::Tensor* all[] = {&q, &db, &q_labels, &db_labels};
-  for (const at::Tensor* t : all) TORCH_CHECK(t->device() == q.device(), op, ": all inputs must be on one device");
-}
 
 inline MetricTables metric_tables(at::IntArrayRef bits, const at::Tensor& q_labels) {
   MetricTables t;

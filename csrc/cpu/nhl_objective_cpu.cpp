@@ -13,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "checks.h"
 #include "cpu/cascade_distill.h"
 #include "kernels/gemm_avx512.h"
 
@@ -108,9 +109,8 @@ void dominance(const T* d, int64_t K, double beta, bool faithful, T* w, bool* co
 }
 
 void check_same(const char* name, const at::Tensor& t, const at::Tensor& u, at::IntArrayRef shape) {
-  TORCH_CHECK(t.scalar_type() == u.scalar_type(), "nhl_objective: ", name, " must have u's dtype ", u.scalar_type(),
-              ", got ", t.scalar_type());
-  TORCH_CHECK(t.sizes() == shape, "nhl_objective: ", name, " must have shape ", shape, ", got ", t.sizes());
+  check_same_dtype("nhl_objective", name, t, "u", u);
+  check_shape("nhl_objective", name, t, shape);
 }
 
 // Everything after the distillation terms: dots and weights (when adaptive), total and grad_u.
@@ -225,10 +225,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t K = static_cast<int64_t>(bits.size());
   const int64_t B = u_in.size(0), b_max = u_in.size(1);
   const int64_t P = offset[K];
-  TORCH_CHECK(losses_in.dim() == 1 && losses_in.size(0) == K, "nhl_objective: losses must be (K,) = (", K, ",)");
-  TORCH_CHECK(!closed_form || grads_in.has_value(), "nhl_objective: closed_form needs grads");
-  TORCH_CHECK(beta > 0, "nhl_objective: beta must be > 0");
-  TORCH_CHECK(distill >= 0, "nhl_objective: distill must be >= 0");
+  TORCH_CHECK_VALUE(losses_in.dim() == 1 && losses_in.size(0) == K, "nhl_objective: losses must be (K,) = (", K,
+                    ",), got shape ", losses_in.sizes());
+  TORCH_CHECK_VALUE(!closed_form || grads_in.has_value(), "nhl_objective: closed_form needs grads");
+  TORCH_CHECK_VALUE(beta > 0, "nhl_objective: beta must be > 0, got ", beta);
+  TORCH_CHECK_VALUE(distill >= 0, "nhl_objective: distill must be >= 0, got ", distill);
   const at::Tensor u = u_in.contiguous();
   at::Tensor grads, x, deriv;
   if (grads_in) {
@@ -236,7 +237,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     grads = grads_in->contiguous();
   }
   if (x_in) {
-    TORCH_CHECK(x_in->dim() == 2 && x_in->size(0) == B, "nhl_objective: x must be (B, in) with B = ", B);
+    TORCH_CHECK_VALUE(x_in->dim() == 2 && x_in->size(0) == B, "nhl_objective: x must be (B, in) with B=", B,
+                      ", got shape ", x_in->sizes());
     check_same("x", *x_in, u, x_in->sizes());
     x = x_in->contiguous();
   }

@@ -3,13 +3,14 @@
 #include <torch/all.h>
 #include <torch/library.h>
 
-#include "kernels/bits.h"
+#include "checks.h"
 #include "cpu/pack_rows.h"
+#include "kernels/bits.h"
 
 namespace nhl {
 
 at::Tensor pack_cpu(const at::Tensor& codes_in) {
-  TORCH_CHECK(codes_in.dim() == 2, "pack: codes must be 2-D (N, bits)");
+  check_pack_codes("pack", codes_in);
   const at::Tensor codes = codes_in.contiguous();
   const int64_t n = codes.size(0), bits = codes.size(1), words = words_for_bits(bits);
   at::Tensor out = at::empty({n, words}, codes.options().dtype(at::kLong));

@@ -5,12 +5,11 @@
 #include <torch/all.h>
 #include <torch/library.h>
 
-#include "kernels/bits.h"
+#include "checks.h"
 #include "cpu/pack_rows.h"
+#include "kernels/bits.h"
 
 namespace nhl {
-
-void check_projection_args(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 // Rows per GEMM chunk: a buffer of about 4 MiB, and never fewer than 256 rows.
 static int64_t chunk_rows(int64_t bits, int64_t elem_size) {

@@ -4,14 +4,14 @@
 #include <torch/all.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "kernels/tie_ap.h"
 
 namespace nhl {
 
 at::Tensor tie_ap_cpu(const at::Tensor& tot_in, const at::Tensor& rel_in, std::optional<int64_t> topk) {
-  TORCH_CHECK(tot_in.dim() == 3 && tot_in.sizes() == rel_in.sizes(), "tie_ap: tot and rel must be (L, Q, B) of one shape");
-  TORCH_CHECK(tot_in.scalar_type() == at::kLong && rel_in.scalar_type() == at::kLong, "tie_ap: tot and rel must be int64");
-  TORCH_CHECK(!topk.has_value() || *topk >= 1, "tie_ap: topk must be >= 1");
+  check_histograms("tie_ap", tot_in, rel_in);
+  TORCH_CHECK_VALUE(!topk || *topk >= 1, "tie_ap: topk=", topk.value_or(0), " must be >= 1");
   const at::Tensor tot = tot_in.contiguous(), rel = rel_in.contiguous();
   const int64_t rows = tot.size(0) * tot.size(1), bins = tot.size(2);
   at::Tensor out = at::empty({tot.size(0), tot.size(1)}, tot.options().dtype(at::kDouble));

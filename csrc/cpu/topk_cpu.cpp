@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "cpu/engine_checks.h"
+#include "checks.h"
 #include "cpu/output_cache.h"
 #include "cpu/topk_run.h"
 #include "kernels/stream_copy.h"
@@ -37,8 +37,8 @@ struct TopkOutput {
 
 std::tuple<at::Tensor, at::Tensor> topk_cpu(const at::Tensor& q_in, const at::Tensor& db_in, int64_t k,
                                             at::IntArrayRef bits) {
-  check_query_database(q_in, db_in, bits, "topk");
-  TORCH_CHECK(k >= 1 && k <= db_in.size(0), "topk: k must be in [1, N]");
+  check_query_database("topk", q_in, db_in, bits);
+  check_k("topk", "k", k, db_in.size(0));
   const at::Tensor q = q_in.contiguous(), db = db_in.contiguous();
   const int64_t Q = q.size(0), N = db.size(0);
   const LengthPlan plan(bits.data(), static_cast<int>(bits.size()));

@@ -3,13 +3,13 @@
 #include <torch/all.h>
 #include <torch/library.h>
 
-#include "kernels/bits.h"
+#include "checks.h"
 
 namespace nhl {
 
 at::Tensor unpack_cpu(const at::Tensor& packed_in, int64_t bits) {
-  TORCH_CHECK(packed_in.dim() == 2 && packed_in.scalar_type() == at::kLong, "unpack: packed must be (N, W) int64");
-  TORCH_CHECK(bits >= 1 && bits <= packed_in.size(1) * 64, "unpack: bits must be in [1, 64*W]");
+  check_packed("unpack", "packed", packed_in);
+  check_bits("unpack", bits, packed_in.size(1));
   const at::Tensor packed = packed_in.contiguous();
   const int64_t n = packed.size(0), words = packed.size(1);
   at::Tensor out = at::empty({n, bits}, packed.options().dtype(at::kFloat));

@@ -1,12 +1,12 @@
 // distance_histogram on CUDA: one warp per query counts every database item into shared-memory
 // histograms of all lengths (one pass), then writes (L, Q, max(bits)+1) int64 tot / rel. Warps
 // stride over the queries, so a global scratch (histograms too large for shared memory) needs
-// one row per launched warp, not per query.
+// one row per launched warp, not per query. The op's tensor glue is at the end.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
-#include "cuda/metric_launchers.h"
+#include "cuda/launchers.h"
 #include "kernels/ap_warp.cuh"
 
 namespace nhl {
@@ -36,7 +36,7 @@ __global__ void distance_histogram_kernel(const uint64_t* q, const uint64_t* db,
 
 }  // namespace nhl
 
-// Arguments: cuda/metric_launchers.h.
+// Arguments: cuda/launchers.h.
 extern "C" cudaError_t nhl_distance_histogram_cuda(const uint64_t* q, const uint64_t* db, int64_t nq, int64_t n,
                                                    int words, const uint64_t* ql, const uint64_t* dl, int label_words,
                                                    const int64_t* bits, int L, int bins, int b1, int warps,
@@ -55,3 +55,36 @@ extern "C" cudaError_t nhl_distance_histogram_cuda(const uint64_t* q, const uint
       q, db, nq, n, words, ql, dl, label_words, bits, L, bins, b1, scratch, tot, rel);
   return cudaGetLastError();
 }
+
+#ifndef NHL_KERNELS_ONLY
+// ------------------------------------------------------------------ glue: distance_histogram(Tensor q, Tensor db, Tensor q_labels, Tensor db_labels, int[] bits) -> (Tensor, Tensor)
+#include <tuple>
+
+#include "cuda/glue.h"
+
+namespace nhl {
+
+static_assert(kWarpMaxLengths >= kMetricMaxLengths, "check_metric_inputs admits more lengths than the kernel holds");
+
+std::tuple<at::Tensor, at::Tensor> distance_histogram_cuda(const at::Tensor& q_in, const at::Tensor& db_in,
+                                                           const at::Tensor& ql_in, const at::Tensor& dl_in,
+                                                           at::IntArrayRef bits) {
+  const char* op = "distance_histogram";
+  const auto guard = glue::on_gpu(op, {{"q", q_in}, {"db", db_in}, {"q_labels", ql_in}, {"db_labels", dl_in}});
+  check_metric_inputs(op, q_in, db_in, ql_in, dl_in, bits);
+  const at::Tensor q = q_in.contiguous(), db = db_in.contiguous(), ql = ql_in.contiguous(), dl = dl_in.contiguous();
+  const int64_t nq = q.size(0), L = int64_t(bits.size()), b1 = bits.back() + 1;
+  at::Tensor tot = at::empty({L, nq, b1}, q.options()), rel = at::empty({L, nq, b1}, q.options());
+  const glue::MetricLaunch m = glue::metric_launch(op, q, ql, bits);
+  glue::check_launch(op, nhl_distance_histogram_cuda(
+                             glue::words_of(q), glue::words_of(db), nq, db.size(0), int(q.size(1)), glue::words_of(ql),
+                             glue::words_of(dl), m.label_words, m.bits.data_ptr<int64_t>(), int(L), m.bins, int(b1),
+                             m.warps, m.max_blocks, m.scratch_ptr(), tot.data_ptr<int64_t>(), rel.data_ptr<int64_t>(),
+                             glue::current_stream()));
+  return {tot, rel};
+}
+
+TORCH_LIBRARY_IMPL(nhl_fast, CUDA, m) { m.impl("distance_histogram", &distance_histogram_cuda); }
+
+}  // namespace nhl
+#endif  // NHL_KERNELS_ONLY

@@ -5,11 +5,11 @@
 // (broadcast loads). The kernel is bound by writing the output (4 bytes per pair and length), so
 // a thread stores its kRows distances of a (query, length) as one 16-byte store when the rows
 // are 16-byte aligned (N % 4 == 0), coalesced along N: a quarter of the store instructions of one
-// code per thread.
+// code per thread. The op's tensor glue is at the end.
 #include <algorithm>
 
 #include "cuda/lengths.cuh"
-#include "cuda/nhl_cuda.h"
+#include "cuda/launchers.h"
 
 namespace {
 
@@ -93,3 +93,26 @@ extern "C" cudaError_t nhl_hamming_cuda(const int64_t* q, const int64_t* db, int
   }
   return cudaSuccess;
 }
+
+#ifndef NHL_KERNELS_ONLY
+// ------------------------------------------------------------------ glue: hamming(Tensor q, Tensor db, int[] bits) -> Tensor
+#include "cuda/glue.h"
+
+namespace nhl {
+
+at::Tensor hamming_cuda(const at::Tensor& q_in, const at::Tensor& db_in, at::IntArrayRef bits) {
+  const auto guard = glue::on_gpu("hamming", {{"q", q_in}, {"db", db_in}});
+  check_query_database("hamming", q_in, db_in, bits);
+  const at::Tensor q = q_in.contiguous(), db = db_in.contiguous();
+  const int64_t nbits = static_cast<int64_t>(bits.size());
+  at::Tensor out = at::empty({nbits, q.size(0), db.size(0)}, q.options().dtype(at::kInt));
+  glue::check_launch("hamming", nhl_hamming_cuda(q.data_ptr<int64_t>(), db.data_ptr<int64_t>(), q.size(0), db.size(0),
+                                                 q.size(1), bits.data(), nbits, out.data_ptr<int32_t>(),
+                                                 glue::current_stream()));
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(nhl_fast, CUDA, m) { m.impl("hamming", &hamming_cuda); }
+
+}  // namespace nhl
+#endif  // NHL_KERNELS_ONLY

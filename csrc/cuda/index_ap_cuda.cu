@@ -3,11 +3,12 @@
 // time: __match_any_sync groups the lanes whose items share a distance bin, so an item's rank is
 // the bin's running count + the equal-bin lanes before it (exactly the stable-sort order), and
 // the group's first lane advances the bin counter. All lengths in the same two passes.
+// The op's tensor glue is at the end.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
-#include "cuda/metric_launchers.h"
+#include "cuda/launchers.h"
 #include "kernels/ap_warp.cuh"
 
 namespace nhl {
@@ -93,7 +94,7 @@ __global__ void index_ap_kernel(const uint64_t* q, const uint64_t* db, int64_t n
 
 }  // namespace nhl
 
-// Arguments: cuda/metric_launchers.h.
+// Arguments: cuda/launchers.h.
 extern "C" cudaError_t nhl_index_ap_cuda(const uint64_t* q, const uint64_t* db, int64_t nq, int64_t n, int words,
                                          const uint64_t* ql, const uint64_t* dl, int label_words, const int64_t* bits,
                                          int L, int bins, int warps, int64_t max_blocks, uint64_t k, uint64_t* scratch,
@@ -110,3 +111,38 @@ extern "C" cudaError_t nhl_index_ap_cuda(const uint64_t* q, const uint64_t* db, 
       q, db, nq, n, words, ql, dl, label_words, bits, L, bins, k, scratch, ap, hits);
   return cudaGetLastError();
 }
+
+#ifndef NHL_KERNELS_ONLY
+// ------------------------------------------------------------------ glue: index_ap(Tensor q, Tensor db, Tensor q_labels, Tensor db_labels, int[] bits, int? topk) -> (Tensor, Tensor)
+#include <optional>
+#include <tuple>
+
+#include "cuda/glue.h"
+
+namespace nhl {
+
+static_assert(kWarpMaxLengths >= kMetricMaxLengths, "check_metric_inputs admits more lengths than the kernel holds");
+
+std::tuple<at::Tensor, at::Tensor> index_ap_cuda(const at::Tensor& q_in, const at::Tensor& db_in, const at::Tensor& ql_in,
+                                                 const at::Tensor& dl_in, at::IntArrayRef bits,
+                                                 std::optional<int64_t> topk) {
+  const char* op = "index_ap";
+  const auto guard = glue::on_gpu(op, {{"q", q_in}, {"db", db_in}, {"q_labels", ql_in}, {"db_labels", dl_in}});
+  check_metric_inputs(op, q_in, db_in, ql_in, dl_in, bits);
+  if (topk) check_k(op, "topk", *topk, db_in.size(0));
+  const at::Tensor q = q_in.contiguous(), db = db_in.contiguous(), ql = ql_in.contiguous(), dl = dl_in.contiguous();
+  const int64_t nq = q.size(0), L = int64_t(bits.size());
+  at::Tensor ap = at::empty({L, nq}, q.options().dtype(at::kDouble)), hits = at::empty({L, nq}, q.options());
+  const glue::MetricLaunch m = glue::metric_launch(op, q, ql, bits);
+  glue::check_launch(op, nhl_index_ap_cuda(glue::words_of(q), glue::words_of(db), nq, db.size(0), int(q.size(1)),
+                                           glue::words_of(ql), glue::words_of(dl), m.label_words,
+                                           m.bits.data_ptr<int64_t>(), int(L), m.bins, m.warps, m.max_blocks,
+                                           uint64_t(topk.value_or(db.size(0))), m.scratch_ptr(), ap.data_ptr<double>(),
+                                           hits.data_ptr<int64_t>(), glue::current_stream()));
+  return {ap, hits};
+}
+
+TORCH_LIBRARY_IMPL(nhl_fast, CUDA, m) { m.impl("index_ap", &index_ap_cuda); }
+
+}  // namespace nhl
+#endif  // NHL_KERNELS_ONLY

@@ -1,12 +1,13 @@
-// nested_projection epilogue: one pass over the GEMM output adds the bias and applies the
-// relaxation, writing z and u. Every code length is a prefix of these rows.
+// nested_projection: z = x W^T by cuBLAS (at::mm, in the glue at the end), then this epilogue: one
+// pass over the GEMM output adds the bias and applies the relaxation, writing z and u. Every code
+// length is a prefix of these rows.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "cuda/acc_type.cuh"
-#include "cuda/projection_launchers.h"
+#include "cuda/launchers.h"
 #include "kernels/relax.h"
 
 namespace {
@@ -54,3 +55,34 @@ extern "C" cudaError_t nhl_nested_projection_epilogue(void* z, void* u, const vo
     default: return cudaErrorInvalidValue;
   }
 }
+
+#ifndef NHL_KERNELS_ONLY
+// ------------------------------------------------------------------ glue: nested_projection(Tensor x, Tensor weight, Tensor bias, str relax) -> (Tensor, Tensor)
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+
+#include <tuple>
+
+#include "cuda/glue.h"
+
+namespace nhl {
+
+std::tuple<at::Tensor, at::Tensor> nested_projection_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                                          const at::Tensor& bias, c10::string_view relax_name) {
+  const auto guard = glue::on_gpu("nested_projection", {{"x", x}, {"weight", weight}, {"bias", bias}});
+  check_projection_args("nested_projection", x, weight, bias);
+  const Relax relax = check_relax("nested_projection", relax_name);
+  at::Tensor z = at::mm(x, weight.t());  // cuBLAS; the epilogue adds the bias and relaxes in one pass
+  at::Tensor u = at::empty_like(z);
+  const at::Tensor b = bias.contiguous();
+  glue::check_launch("nested_projection",
+                     nhl_nested_projection_epilogue(z.data_ptr(), u.data_ptr(), b.data_ptr(), z.size(0), z.size(1),
+                                                    static_cast<int>(relax), glue::projection_dtype(x.scalar_type()),
+                                                    glue::current_stream()));
+  return {u, z};
+}
+
+TORCH_LIBRARY_IMPL(nhl_fast, CUDA, m) { m.impl("nested_projection", &nested_projection_cuda); }
+
+}  // namespace nhl
+#endif  // NHL_KERNELS_ONLY

@@ -1,10 +1,10 @@
 // pack: (N, b) real/bool codes -> (N, ceil(b/64)) int64 words, bit j of word j/64 at j%64,
 // set where code > 0. One warp per output word: each lane reads 2 of its 64 codes (coalesced
-// across the warp) and two ballots assemble the word.
+// across the warp) and two ballots assemble the word. The op's tensor glue is at the end.
 #include <algorithm>
 
 #include "cuda/acc_type.cuh"
-#include "cuda/nhl_cuda.h"
+#include "cuda/launchers.h"
 
 namespace {
 
@@ -55,3 +55,33 @@ extern "C" cudaError_t nhl_pack_cuda(const void* codes, int code_type, int64_t n
     default: return cudaErrorInvalidValue;
   }
 }
+
+#ifndef NHL_KERNELS_ONLY
+// ------------------------------------------------------------------ glue: pack(Tensor codes) -> Tensor
+#include "cuda/glue.h"
+
+namespace nhl {
+
+at::Tensor pack_cuda(const at::Tensor& codes_in) {
+  const auto guard = glue::on_gpu("pack", {{"codes", codes_in}});
+  check_pack_codes("pack", codes_in);
+  int code_type = NHL_CODES_F32;
+  switch (codes_in.scalar_type()) {
+    case at::kBool: code_type = NHL_CODES_BOOL; break;
+    case at::kHalf: code_type = NHL_CODES_F16; break;
+    case at::kBFloat16: code_type = NHL_CODES_BF16; break;
+    case at::kDouble: code_type = NHL_CODES_F64; break;
+    default: break;  // float32 (check_pack_codes admitted only these)
+  }
+  const at::Tensor codes = codes_in.contiguous();
+  const int64_t n = codes.size(0), bits = codes.size(1);
+  at::Tensor out = at::empty({n, (bits + 63) / 64}, codes.options().dtype(at::kLong));
+  glue::check_launch("pack", nhl_pack_cuda(codes.data_ptr(), code_type, n, bits, out.data_ptr<int64_t>(),
+                                           glue::current_stream()));
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(nhl_fast, CUDA, m) { m.impl("pack", &pack_cuda); }
+
+}  // namespace nhl
+#endif  // NHL_KERNELS_ONLY

@@ -1,4 +1,5 @@
-// project_and_pack epilogue: signs of (x W^T + b) packed into int64 words. One warp per
+// project_and_pack: rows of x stream through cuBLAS GEMM chunks (at::mm_out, in the glue at the
+// end), then this epilogue: signs of (x W^T + b) packed into int64 words. One warp per
 // (row, word): lane l tests columns 64w + l and 64w + 32 + l, and two warp ballots are
 // the word's low and high halves (LSB-first, the engine's layout).
 #include <cuda_runtime.h>
@@ -7,7 +8,7 @@
 #include <cstdint>
 
 #include "cuda/acc_type.cuh"
-#include "cuda/projection_launchers.h"
+#include "cuda/launchers.h"
 
 namespace {
 
@@ -62,3 +63,39 @@ extern "C" cudaError_t nhl_sign_pack_epilogue(const void* z, const void* bias, i
     default: return cudaErrorInvalidValue;
   }
 }
+
+#ifndef NHL_KERNELS_ONLY
+// ------------------------------------------------------------------ glue: project_and_pack(Tensor x, Tensor weight, Tensor bias) -> Tensor
+#include <ATen/ops/mm.h>
+
+#include "cuda/glue.h"
+
+namespace nhl {
+
+at::Tensor project_and_pack_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  const auto guard = glue::on_gpu("project_and_pack", {{"x", x}, {"weight", weight}, {"bias", bias}});
+  check_projection_args("project_and_pack", x, weight, bias);
+  const int64_t n = x.size(0), bits = weight.size(0), words = (bits + 63) / 64;
+  at::Tensor out = at::empty({n, words}, x.options().dtype(at::kLong));
+  if (n == 0 || bits == 0) return out.zero_();
+  // Rows stream through one GEMM buffer of about 64 MiB: the (N, bits) float codes never exist at once.
+  const int64_t chunk = std::min<int64_t>(n, std::max<int64_t>(1024, (int64_t(64) << 20) / (bits * x.element_size())));
+  at::Tensor buffer = at::empty({chunk, bits}, x.options());
+  const at::Tensor wt = weight.t(), b = bias.contiguous();
+  auto* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  const cudaStream_t stream = glue::current_stream();
+  const int dtype = glue::projection_dtype(x.scalar_type());
+  for (int64_t start = 0; start < n; start += chunk) {
+    const int64_t rows = std::min(chunk, n - start);
+    at::Tensor z = buffer.narrow(0, 0, rows);
+    at::mm_out(z, x.narrow(0, start, rows), wt);
+    glue::check_launch("project_and_pack",
+                       nhl_sign_pack_epilogue(z.data_ptr(), b.data_ptr(), rows, bits, dst + start * words, dtype, stream));
+  }
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(nhl_fast, CUDA, m) { m.impl("project_and_pack", &project_and_pack_cuda); }
+
+}  // namespace nhl
+#endif  // NHL_KERNELS_ONLY

@@ -17,10 +17,11 @@
 //                 (the lowest indices win); items below d* go, in index order, to a buffer.
 //   6. sort:      stable counting sort of the buffer by distance into slots [0, k - need).
 // Memory is O(batch x (bins + chunks + k)), never Q x N; the batch is sized to a budget.
+// The op's tensor glue is at the end.
 #include <algorithm>
 
 #include "cuda/lengths.cuh"
-#include "cuda/nhl_cuda.h"
+#include "cuda/launchers.h"
 
 namespace {
 
@@ -426,3 +427,37 @@ extern "C" cudaError_t nhl_topk_cuda(const int64_t* q, const int64_t* db, int64_
   }
   return cudaSuccess;
 }
+
+#ifndef NHL_KERNELS_ONLY
+// ------------------------------------------------------------------ glue: topk(Tensor q, Tensor db, int k, int[] bits) -> (Tensor, Tensor)
+#include <tuple>
+
+#include "cuda/glue.h"
+
+namespace nhl {
+
+std::tuple<at::Tensor, at::Tensor> topk_cuda(const at::Tensor& q_in, const at::Tensor& db_in, int64_t k,
+                                             at::IntArrayRef bits) {
+  const auto guard = glue::on_gpu("topk", {{"q", q_in}, {"db", db_in}});
+  check_query_database("topk", q_in, db_in, bits);
+  const int64_t nq = q_in.size(0), ndb = db_in.size(0), words = q_in.size(1);
+  check_k("topk", "k", k, ndb);
+  TORCH_CHECK_VALUE(ndb <= std::numeric_limits<int32_t>::max(),
+                    "topk: the CUDA kernel supports N <= 2^31 - 1 database codes, got db of shape ", db_in.sizes());
+  const at::Tensor q = q_in.contiguous(), db = db_in.contiguous();
+  const int64_t nbits = static_cast<int64_t>(bits.size());
+  at::Tensor dist = at::empty({nbits, nq, k}, q.options().dtype(at::kInt));
+  at::Tensor idx = at::empty({nbits, nq, k}, q.options().dtype(at::kLong));
+  if (nq == 0) return {dist, idx};
+  const size_t ws_bytes = nhl_topk_cuda_workspace_bytes(nq, ndb, words, bits.data(), nbits, k);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, q.options().dtype(at::kByte));
+  glue::check_launch("topk", nhl_topk_cuda(q.data_ptr<int64_t>(), db.data_ptr<int64_t>(), nq, ndb, words, bits.data(),
+                                           nbits, k, dist.data_ptr<int32_t>(), idx.data_ptr<int64_t>(),
+                                           workspace.data_ptr(), ws_bytes, glue::current_stream()));
+  return {dist, idx};
+}
+
+TORCH_LIBRARY_IMPL(nhl_fast, CUDA, m) { m.impl("topk", &topk_cuda); }
+
+}  // namespace nhl
+#endif  // NHL_KERNELS_ONLY

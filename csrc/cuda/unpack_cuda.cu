@@ -1,8 +1,9 @@
 // unpack: (N, W) int64 words -> (N, bits) float32 of +-1 (+1 where the bit is set).
 // One thread per output element (coalesced writes); the words are re-read through the cache.
+// The op's tensor glue is at the end.
 #include <algorithm>
 
-#include "cuda/nhl_cuda.h"
+#include "cuda/launchers.h"
 
 namespace {
 
@@ -31,3 +32,25 @@ extern "C" cudaError_t nhl_unpack_cuda(const int64_t* packed, int64_t n, int64_t
                                                                          words, bits, out);
   return cudaGetLastError();
 }
+
+#ifndef NHL_KERNELS_ONLY
+// ------------------------------------------------------------------ glue: unpack(Tensor packed, int bits) -> Tensor
+#include "cuda/glue.h"
+
+namespace nhl {
+
+at::Tensor unpack_cuda(const at::Tensor& packed_in, int64_t bits) {
+  const auto guard = glue::on_gpu("unpack", {{"packed", packed_in}});
+  check_packed("unpack", "packed", packed_in);
+  check_bits("unpack", bits, packed_in.size(1));
+  const at::Tensor packed = packed_in.contiguous();
+  at::Tensor out = at::empty({packed.size(0), bits}, packed.options().dtype(at::kFloat));
+  glue::check_launch("unpack", nhl_unpack_cuda(packed.data_ptr<int64_t>(), packed.size(0), packed.size(1), bits,
+                                               out.data_ptr<float>(), glue::current_stream()));
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(nhl_fast, CUDA, m) { m.impl("unpack", &unpack_cuda); }
+
+}  // namespace nhl
+#endif  // NHL_KERNELS_ONLY

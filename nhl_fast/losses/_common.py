@@ -13,19 +13,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from nhl_fast import _checks
 from nhl_fast.losses.base import NestedLoss, multi_hot
-
-
-def check_bit_list(bit_list) -> tuple:
-    try:
-        bits = tuple(int(b) for b in bit_list)
-    except TypeError:
-        raise TypeError(f"bit_list must be a sequence of ints, got {type(bit_list).__name__}") from None
-    if not bits:
-        raise ValueError("bit_list must not be empty")
-    if bits[0] < 1 or any(b2 <= b1 for b1, b2 in zip(bits, bits[1:])):
-        raise ValueError(f"bit_list must be positive and strictly increasing, got {bits}")
-    return bits
 
 
 def prefix_gram(a: Tensor, c: Tensor, bit_list: Sequence[int]) -> Tensor:
@@ -63,12 +52,12 @@ class HashLoss(NestedLoss):
 
     def __init__(self, bit_list, num_classes: Optional[int] = None, num_train: Optional[int] = None,
                  bank: Optional[bool] = None):
-        bits = check_bit_list(bit_list)
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if num_train is not None and (not isinstance(num_train, int) or num_train < 1):
-            raise ValueError(f"num_train must be a positive int, got {num_train!r}")
-        super().__init__(bits, num_classes=num_classes, num_train=num_train)
+        if num_classes is not None:
+            _checks.positive_int(num_classes, "num_classes")
+        if num_train is not None:
+            _checks.positive_int(num_train, "num_train")
+        super().__init__(bit_list, num_classes=num_classes, num_train=num_train)
+        bits = self.bit_list
         if bank is not None:
             self.uses_bank = bool(bank)
         self.b_max = bits[-1]
@@ -87,8 +76,7 @@ class HashLoss(NestedLoss):
 
     def prepare(self, u: Tensor, labels: Tensor, indices: Optional[Tensor]):
         """Checked (u[:, :b_max], float multi-hot labels, long indices or None)."""
-        if not isinstance(u, Tensor):
-            raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
+        _checks.tensor(u, "u")
         if u.dim() != 2 or u.shape[1] < self.b_max:
             raise ValueError(f"u must have shape (B, >= {self.b_max}) (b_max of bit_list), got {tuple(u.shape)}")
         if not u.dtype.is_floating_point:

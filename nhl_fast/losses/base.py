@@ -12,24 +12,17 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from nhl_fast import _checks
+
 
 def multi_hot(labels: Tensor, num_classes: Optional[int] = None, name: str = "labels") -> Tensor:
     """Class indices (B,) or multi-hot (B, C) -> float multi-hot (B, C)."""
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.dim() == 1:
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise TypeError(f"{name} given as class indices (1-D) must be an integer tensor, got {labels.dtype}")
-        if num_classes is None:
-            raise ValueError(f"{name} are class indices: pass num_classes (or give multi-hot (B, C) labels)")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"{name} class indices must be in [0, {num_classes})")
-        return torch.nn.functional.one_hot(labels.long(), num_classes).float()
+    labels = _checks.labels(labels, name, num_classes=num_classes, zero_one=False)
     if labels.dim() == 2:
-        if num_classes is not None and labels.shape[1] != num_classes:
-            raise ValueError(f"{name} has {labels.shape[1]} columns, expected num_classes={num_classes}")
         return labels.float()
-    raise ValueError(f"{name} must be class indices (B,) or multi-hot (B, C), got shape {tuple(labels.shape)}")
+    if num_classes is None:
+        raise ValueError(f"{name} are class indices: pass num_classes (or give multi-hot (B, C) labels)")
+    return torch.nn.functional.one_hot(labels.long(), num_classes).float()
 
 
 class NestedLoss(nn.Module):
@@ -45,7 +38,7 @@ class NestedLoss(nn.Module):
     def __init__(self, bit_list: Sequence[int], num_classes: Optional[int] = None,
                  num_train: Optional[int] = None):
         super().__init__()
-        self.bit_list = tuple(int(b) for b in bit_list)
+        self.bit_list = _checks.increasing_lengths(bit_list, "bit_list")
         self.num_classes = num_classes
         self.num_train = num_train
 

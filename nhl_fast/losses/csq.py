@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nhl_fast._dispatch import cpp_or_reference
+from nhl_fast._dispatch import dispatch
 from nhl_fast.losses import register
 from nhl_fast.losses._centered import QuantizedCenterLoss
 
@@ -38,5 +38,5 @@ class CSQ(QuantizedCenterLoss):
         instead of a batched (vmapped) backward through this loss."""
         u, y, _ = self.prepare(u, labels, indices)
         dtype = u.dtype
-        return cpp_or_reference("csq_grads", u.device)(u, y, self.centers_table.to(dtype), self.tie.to(dtype),
-                                                       list(self.bit_list), self.lambda_)
+        return dispatch("csq_grads", u.device, strict=False)(u, y, self.centers_table.to(dtype), self.tie.to(dtype),
+                                                             list(self.bit_list), self.lambda_)

@@ -1,7 +1,6 @@
 """LCDSH: locality-constrained deep supervised hashing."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from nhl_fast.losses import register

@@ -5,7 +5,7 @@
 #include <random>
 
 #include "check.h"
-#include "cuda/nhl_cuda.h"
+#include "cuda/launchers.h"
 
 int dist_ref(const int64_t* a, const int64_t* b, int64_t bits) {
   int d = 0;

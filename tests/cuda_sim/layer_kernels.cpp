@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "check.h"
-#include "cuda/projection_launchers.h"
+#include "cuda/launchers.h"
 
 template <typename T> constexpr int dtype_of();
 template <> constexpr int dtype_of<float>() { return nhl::kProjF32; }

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "check.h"
-#include "cuda/metric_launchers.h"
+#include "cuda/launchers.h"
 
 using u64 = uint64_t;
 

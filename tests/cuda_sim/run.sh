@@ -8,7 +8,8 @@
 #   layer_kernels.cpp   nested_projection and project_and_pack epilogues (float, double)
 # fake/cuda_runtime.h simulates the CUDA subset they use (CUDA threads as fibers, warp collectives
 # and __syncthreads as exchanges/barriers between them); transform.py rewrites <<<>>> launches and
-# dynamic shared memory. Needs g++ (C++20) and python.
+# dynamic shared memory. The .cu files compile with -DNHL_KERNELS_ONLY: kernels and launchers only,
+# without their torch glue blocks. Needs g++ (C++20) and python.
 #   bash tests/cuda_sim/run.sh [--quick]
 # Prints "N passed, 0 failed" last (N: checks over all drivers); exits non-zero on any failure.
 # SIM_SEED=n varies the order in which the simulated threads run; SIM_WORKERS=n the host threads.
@@ -23,7 +24,7 @@ here="$(cd "$(dirname "$0")" && pwd)"; root="$(cd "$here/../.." && pwd)"
 out="$(mktemp -d)"; trap 'rm -rf "$out"' EXIT
 start=$SECONDS
 py="$(command -v python3 || command -v python)"
-fl=(-include "$here/fake/cuda_runtime.h" -std=c++20 -O1 -pthread -I"$here" -I"$here/fake" -I"$root/csrc")
+fl=(-include "$here/fake/cuda_runtime.h" -std=c++20 -O1 -pthread -DNHL_KERNELS_ONLY -I"$here" -I"$here/fake" -I"$root/csrc")
 
 # Compiles run in the background, at most nproc at a time; wait_all fails if any of them did.
 max_jobs="$(nproc 2>/dev/null || echo 2)"

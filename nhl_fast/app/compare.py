@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import statistics
 
-from nhl_fast import plots
-from nhl_fast.checkpoint import atomic_write_bytes, atomic_write_json
-from nhl_fast.evaluate import table
-from nhl_fast.progress import Reporter
-from nhl_fast.train import TrainConfig, fit, load_training_data
+from nhl_fast.app import plots
+from nhl_fast.app.checkpoint import atomic_write_bytes, atomic_write_json
+from nhl_fast.app.evaluate import table
+from nhl_fast.app.progress import Reporter
+from nhl_fast.app.train import TrainConfig, fit, load_training_data
 
 METHODS = ("independent", "nhl", "nhl+adaptive", "nhl+distill", "nhl+adaptive+distill")
 
@@ -38,7 +38,7 @@ def method_runs(method: str, base: TrainConfig, distill: float) -> list:
 def run_compare(args, methods, reporter: Reporter) -> str:
     base = TrainConfig(data=args.data, split=args.split, image_root=args.image_root, resize=args.resize,
                        crop=args.crop, backbone=args.backbone, weights=args.weights, base_loss=args.base_loss,
-                       bits=tuple(args.bits), epochs=args.epochs or 20, batch_size=args.batch_size or 64, lr=args.lr,
+                       bits=tuple(args.bits), epochs=args.epochs or 20, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, eval_every=args.epochs or 20, topk=args.topk, ties=args.ties,
                        device=args.device, workers=args.workers, out=None)
     data = load_training_data(base)

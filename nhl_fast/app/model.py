@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nhl_fast.backbones import build_backbone
+from nhl_fast.app.backbones import build_backbone
 from nhl_fast.layers import NestedHashLayer
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import nhl_fast as nf
-from nhl_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nhl_fast.cli import main
-from nhl_fast.model import build_model
+from nhl_fast.app.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nhl_fast.app.cli import main
+from nhl_fast.app.model import build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -89,7 +89,7 @@ def test_train_eval_encode_end_to_end_on_digits(tmp_path, capsys):
     model = build_model(ckpt.config)
     model.load_state_dict(ckpt.model)
     model.eval()
-    from nhl_fast.data import load_digits_data
+    from nhl_fast.app.data import load_digits_data
 
     db = load_digits_data().database
     with torch.no_grad():
@@ -248,11 +248,6 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_bad_options(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["train", "--bits", "16,8"])
-    assert e.value.code == 2 and "strictly increasing" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["eval", "x", "--topk", "-3"])
     rc, _, err = _run(["train", "--data", str(tmp_path / "nothing.npz"), "--quiet"], capsys)
     assert rc == 2 and "nothing.npz: no such file or directory" in err
     rc, _, err = _run(["train", "--backbone", "resnet50", "--epochs", "1", "--quiet",
@@ -263,6 +258,94 @@ def test_bad_options(tmp_path, capsys):
         assert rc == 2 and "needs torchvision" in err
     rc, _, err = _run(["compare", "--methods", "nhl,bogus", "--quiet"], capsys)
     assert rc == 2 and "bogus" in err
+
+
+@pytest.mark.parametrize("argv, command, says", [
+    (["train", "--bits", "16,8"], "train", "argument --bits: lengths must be positive and strictly increasing"),
+    (["train", "--lr", "fast"], "train", "argument --lr: invalid float value: 'fast'"),
+    (["eval", "ckpt", "--topk", "-3"], "eval", "argument --topk: expected a positive integer or 'all', got '-3'"),
+    (["encode", "ckpt"], "encode", "the following arguments are required: --out"),
+    (["compare", "--seeds", "0"], "compare", "argument --seeds: expected a positive integer, got '0'"),
+    (["train", "--no-such-option"], "train", "unrecognized arguments: --no-such-option"),
+    (["bogus"], None, "argument COMMAND: invalid choice: 'bogus'"),
+    ([], None, "the following arguments are required: COMMAND"),
+])
+def test_option_errors_are_one_line(argv, command, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    prog = "nhl-fast" + (f" {command}" if command else "")
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and "usage:" not in err, err  # the line that matters, not the usage first
+    assert err.startswith(f"{prog}: error: ") and says in err
+    assert err.rstrip().endswith(f"(see {prog} --help)")
+
+
+def _help_text(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare word by word
+
+
+@pytest.mark.parametrize("command, option, default", [
+    ("train", "--bits BITS", "8,16,32,64,128"), ("train", "--lr LR", "0.001"), ("train", "--seed SEED", "0"),
+    ("train", "--batch-size BATCH_SIZE", "64"), ("train", "--weight-decay WEIGHT_DECAY", "1e-05"),
+    ("train", "--workers WORKERS", "0"), ("compare", "--seeds SEEDS", "3"),
+    ("compare", "--batch-size BATCH_SIZE", "64"), ("eval", "--batch-size BATCH_SIZE", "256"),
+    ("encode", "--batch-size BATCH_SIZE", "256"), ("demo", "--n N", "200000"),
+])
+def test_help_says_each_default_and_meaning(command, option, default, capsys):
+    text = _help_text(command, capsys)
+    start = text.index(option + " ")
+    entry = text[start:text.find(" --", start + len(option))]  # up to the next option
+    assert f"(default: {default}" in entry, entry
+    assert len(entry) > len(option) + len(f"(default: {default})") + 10, f"{option}: no meaning given: {entry}"
+
+
+def test_help_is_true(capsys):
+    text = _help_text("train", capsys)
+    assert "minutes" not in text and "seconds" in text  # the default run takes seconds
+    from nhl_fast.app import cli
+    from nhl_fast.app.data import load_digits_data
+
+    assert "small MLP" in cli.__doc__ and "CNN" not in cli.__doc__
+    assert load_digits_data().backbone == "mlp"  # what `nhl-fast train` gets by default
+    args = cli.build_parser().parse_args(["train"])
+    assert args.bits == (8, 16, 32, 64, 128) and args.backbone is None and args.batch_size == 64
+
+
+def test_demo_tours_the_engine(capsys):
+    rc, out, _ = _run(["demo", "--n", "2000", "--queries", "5", "--k", "3"], capsys)
+    assert rc == 0
+    for line in ("Hamming distances, query 0 vs 4 codes", "top-3 of query 0 among 2,000 codes",
+                 "topk, 5 lengths, 1 pass", "for the (5, 5, 2,000) int32 matrix"):
+        assert line in out, line
+    assert out.count(" bits: ") == 10  # every length, for the distances and for the top-k
+    rc, _, err = _run(["demo", "--n", "3", "--k", "5"], capsys)
+    assert rc == 2 and err.startswith("nhl-fast demo: error: ") and err.count("\n") == 1
+
+
+def test_bench_outside_a_source_checkout(tmp_path, monkeypatch, capsys):
+    """An installed wheel has no bench/: one line saying a git clone is needed, exit status 2."""
+    from nhl_fast.app import commands
+
+    empty = tmp_path / "site-packages"
+    empty.mkdir()
+    monkeypatch.setattr(commands, "SOURCE_BENCH", str(empty / "bench"))
+    monkeypatch.chdir(empty)
+    for argv in (["bench"], ["bench", "--quick", "--only", "bench_map"]):
+        rc, out, err = _run(argv, capsys)
+        assert rc == 2 and out == ""
+        assert err.count("\n") == 1 and err.startswith("nhl-fast bench: error: needs a source checkout (git clone")
+        assert "pip does not install" in err  # and why
+    (empty / "bench").mkdir()  # a folder that happens to be called bench is not the benchmarks
+    (empty / "bench" / "bench_x.py").write_text("raise SystemExit(1)\n")
+    rc, _, err = _run(["bench"], capsys)
+    assert rc == 2 and "needs a source checkout" in err
+    (empty / "bench" / "_common.py").write_text("")  # a clone's bench/ in the working directory is found
+    rc, out, _ = _run(["bench", "--quiet"], capsys)
+    assert rc == 1 and "FAILED: bench_x.py" in out
 
 
 def test_bench_runs_scripts(tmp_path, capsys):
@@ -278,10 +361,55 @@ def test_bench_runs_scripts(tmp_path, capsys):
     assert rc == 1 and "FAILED: bench_fail.py" in out and "1/2 benchmarks ran" in out
     rc, _, err = _run(["bench", "--dir", str(d), "--only", "nope"], capsys)
     assert rc == 2 and "no benchmark script nope" in err
+    rc, _, err = _run(["bench", "--dir", str(tmp_path)], capsys)
+    assert rc == 2 and "no benchmark scripts (bench_*.py)" in err
+
+
+def test_bench_passes_each_script_its_smoke_flag(tmp_path, capsys, monkeypatch):
+    """--quick: the harness scripts get --quick; bench_gpu.py (CUDA only) gets its CPU --dry-run."""
+    d = tmp_path / "bench"
+    d.mkdir()
+    record = "import json, os, sys\njson.dump(sys.argv[1:], open(os.path.splitext(__file__)[0] + '.argv', 'w'))\n"
+    for name in ("bench_gpu.py", "bench_map.py"):
+        (d / name).write_text(record)
+    assert _run(["bench", "--dir", str(d), "--quick", "--device", "cpu"], capsys)[0] == 0
+    assert json.loads((d / "bench_gpu.argv").read_text()) == ["--dry-run"]
+    assert json.loads((d / "bench_map.argv").read_text()) == ["--quick", "--device", "cpu"]
+    (d / "bench_gpu.argv").unlink()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, out, _ = _run(["bench", "--dir", str(d)], capsys)
+    assert rc == 0 and "skipped bench_gpu.py: needs a CUDA GPU" in out and "1/1 benchmarks ran" in out
+    assert not (d / "bench_gpu.argv").exists()
+
+
+def _bench_common(monkeypatch, results):
+    """The source tree's bench/_common.py, writing to `results`."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench",
+                        "_common.py")
+    spec = importlib.util.spec_from_file_location("bench_common_under_test", path)
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    monkeypatch.setattr(common, "RESULTS", str(results))
+    return common
+
+
+def test_quick_bench_runs_never_overwrite_the_full_results(tmp_path, monkeypatch):
+    common = _bench_common(monkeypatch, tmp_path)
+    common.parser("a benchmark").parse_args(["--quick"])
+    for name in ("bench_topk", "bench_map_quick"):  # bench_topk.py asks for its full name even with --quick
+        common.write_results(name, {"rows": []})
+    common.parser("a benchmark").parse_args(["--quick", "--out", "bench_losses"])
+    common.write_results("bench_losses", {"rows": []})
+    assert sorted(os.listdir(tmp_path)) == ["bench_losses_quick.json", "bench_map_quick.json", "bench_topk_quick.json"]
+    common.parser("a benchmark").parse_args([])
+    common.write_results("bench_topk", {"rows": []})
+    assert json.loads((tmp_path / "bench_topk.json").read_text())["benchmark"] == "bench_topk"
 
 
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "nhl_fast", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0
-    for cmd in ("train", "eval", "encode", "compare", "bench"):
+    for cmd in ("train", "eval", "encode", "compare", "demo", "bench"):
         assert cmd in r.stdout

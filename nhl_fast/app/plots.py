@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 from typing import Mapping, Optional, Sequence
 
-from nhl_fast.checkpoint import atomic_write_bytes
+from nhl_fast.app.checkpoint import atomic_write_bytes
 
 
 def _pyplot():

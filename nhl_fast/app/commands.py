@@ -1,4 +1,4 @@
-"""The bodies of the `nhl-fast` subcommands (the parser is in nhl_fast.cli)."""
+"""The bodies of the `nhl-fast` subcommands (the parser is in nhl_fast.app.cli)."""
 from __future__ import annotations
 
 import os
@@ -6,9 +6,16 @@ import subprocess
 import sys
 import time
 
-from nhl_fast.progress import Reporter
+from nhl_fast.app.progress import Reporter
 
 INTERRUPTED = 130
+# bench/ of the source tree this package runs from: a git clone (editable install, or on sys.path)
+# has it next to nhl_fast/; an installed wheel has nhl_fast/ alone.
+SOURCE_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench")
+
+
+class CommandError(Exception):
+    """A command that cannot run as asked: `nhl-fast CMD: error: <message>`, exit status 2."""
 
 
 def _fresh_dir(base: str) -> str:
@@ -22,13 +29,13 @@ def _fresh_dir(base: str) -> str:
 
 
 def cmd_train(args) -> int:
-    from nhl_fast.train import Interrupted, TrainConfig, fit, load_training_data, summary
+    from nhl_fast.app.train import Interrupted, TrainConfig, fit, load_training_data, summary
 
     reporter = Reporter(quiet=args.quiet)
     cfg = TrainConfig(data=args.data, split=args.split, image_root=args.image_root, resize=args.resize,
                       crop=args.crop, backbone=args.backbone, weights=args.weights, base_loss=args.base_loss,
                       bits=tuple(args.bits), adaptive=args.adaptive, distill=args.distill, beta=args.beta,
-                      epochs=args.epochs or 20, batch_size=args.batch_size or 64, lr=args.lr,
+                      epochs=args.epochs or 20, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, eval_every=args.eval_every, topk=args.topk, ties=args.ties,
                       device=args.device, seed=args.seed, workers=args.workers, out=args.out)
     resume = None
@@ -66,7 +73,7 @@ def cmd_train(args) -> int:
 
 def _checkpoint_data(args, ckpt):
     """The data named on the command line, else the data the checkpoint was trained on."""
-    from nhl_fast.data import load_data
+    from nhl_fast.app.data import load_data
 
     c = ckpt.config
     spec = args.data or c["data"]
@@ -78,9 +85,9 @@ def _checkpoint_data(args, ckpt):
 
 
 def _load_model(args):
-    from nhl_fast.checkpoint import load_checkpoint
-    from nhl_fast.model import build_model
-    from nhl_fast.train import resolve_device
+    from nhl_fast.app.checkpoint import load_checkpoint
+    from nhl_fast.app.model import build_model
+    from nhl_fast.app.train import resolve_device
 
     ckpt = load_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
@@ -98,8 +105,8 @@ def _check_inputs(data, ckpt) -> None:
 
 
 def cmd_eval(args) -> int:
-    from nhl_fast.checkpoint import atomic_write_json
-    from nhl_fast.evaluate import evaluate_model, table
+    from nhl_fast.app.checkpoint import atomic_write_json
+    from nhl_fast.app.evaluate import evaluate_model, table
 
     reporter = Reporter(quiet=args.quiet)
     ckpt, model, device = _load_model(args)
@@ -110,7 +117,7 @@ def cmd_eval(args) -> int:
     bits = ckpt.config["bits"]
     t0 = time.perf_counter()
     res = evaluate_model(model, data, bits, topk=args.topk, ties=args.ties, device=device,
-                         batch_size=args.batch_size or 256, workers=args.workers, curves=True, radius=args.radius,
+                         batch_size=args.batch_size, workers=args.workers, curves=True, radius=args.radius,
                          reporter=reporter)
     res.update(checkpoint=os.path.abspath(args.checkpoint) if not os.path.isdir(args.checkpoint) else args.checkpoint,
                data=data.describe(), seconds=time.perf_counter() - t0)
@@ -121,7 +128,7 @@ def cmd_eval(args) -> int:
     base = ckpt_path if os.path.isdir(ckpt_path) else os.path.dirname(os.path.abspath(ckpt_path))
     out = args.out or os.path.join(base, "eval.json")
     atomic_write_json(out, res)
-    from nhl_fast import plots
+    from nhl_fast.app import plots
 
     plots.pr_curves(os.path.splitext(out)[0] + "_pr_curves.png",
                     {int(b): (c["precision"], c["recall"]) for b, c in res["pr_curves"].items()})
@@ -132,8 +139,8 @@ def cmd_eval(args) -> int:
 def cmd_encode(args) -> int:
     from safetensors.torch import save
 
-    from nhl_fast.checkpoint import atomic_write_bytes
-    from nhl_fast.evaluate import encode_split
+    from nhl_fast.app.checkpoint import atomic_write_bytes
+    from nhl_fast.app.evaluate import encode_split
 
     reporter = Reporter(quiet=args.quiet)
     ckpt, model, device = _load_model(args)
@@ -141,7 +148,7 @@ def cmd_encode(args) -> int:
     _check_inputs(data, ckpt)
     split = getattr(data, args.which)
     t0 = time.perf_counter()
-    codes, labels = encode_split(model, split, batch_size=args.batch_size or 256, device=device,
+    codes, labels = encode_split(model, split, batch_size=args.batch_size, device=device,
                                  workers=args.workers, reporter=reporter, desc=f"encode {args.which}")
     meta = {"bits": ",".join(str(b) for b in ckpt.config["bits"]), "split": args.which, "data": data.name,
             "layout": "int64 words, bit j of a code = (word[j // 64] >> (j % 64)) & 1; length b = first b bits"}
@@ -153,7 +160,7 @@ def cmd_encode(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from nhl_fast.compare import METHODS, run_compare
+    from nhl_fast.app.compare import METHODS, run_compare
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -164,12 +171,36 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from nhl_fast.app.demo import run
+
+    run(n=args.n, queries=args.queries, k=args.k, backend=args.backend)
+    return 0
+
+
 def _bench_dir(arg) -> str:
+    """--dir, else the source tree's bench/, else ./bench when it is one (it holds the harness _common.py)."""
     if arg:
         return arg
-    if os.path.isdir("bench"):
-        return "bench"
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    for d in (SOURCE_BENCH, "bench"):
+        if os.path.isfile(os.path.join(d, "_common.py")):
+            return d
+    raise CommandError("needs a source checkout (git clone of the nhl_fast repository): the benchmark scripts are "
+                       "its bench/ folder, which pip does not install; run it in a clone or pass --dir PATH/TO/bench")
+
+
+def _bench_command(d, script, args):
+    """The script's command line, or None with the reason it is skipped here."""
+    cmd = [sys.executable, os.path.join(d, script)]
+    if script == "bench_gpu.py":  # CUDA only, its own flags: --dry-run is its CPU smoke test and writes nothing
+        if args.quick:
+            return cmd + ["--dry-run"], None
+        import torch
+
+        if args.device == "cpu" or not torch.cuda.is_available():
+            return None, "needs a CUDA GPU (--quick runs its CPU dry run)"
+        return cmd, None
+    return cmd + (["--quick"] if args.quick else []) + (["--device", args.device] if args.device else []), None
 
 
 def cmd_bench(args) -> int:
@@ -183,19 +214,24 @@ def cmd_bench(args) -> int:
             raise ValueError(f"--only: no benchmark script {', '.join(sorted(missing))} in {d}")
         scripts = [s for s in scripts if s[:-3] in want]
     if not scripts:
-        print(f"no benchmark scripts (bench/bench_*.py) in {os.path.abspath(d)}")
-        return 0
-    failed = []
+        raise CommandError(f"no benchmark scripts (bench_*.py) in {os.path.abspath(d)}")
+    failed, skipped = [], []
     for s in scripts:
-        cmd = [sys.executable, os.path.join(d, s)] + (["--quick"] if args.quick else []) + \
-            (["--device", args.device] if args.device else [])
+        cmd, why = _bench_command(d, s, args)
+        if cmd is None:
+            print(f"== skipped {s}: {why}", flush=True)
+            skipped.append(s)
+            continue
         print(f"== {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.call(cmd, stdout=subprocess.DEVNULL if args.quiet else None)
         print(f"   exit {rc} after {time.perf_counter() - t0:.1f} s", flush=True)
         if rc:
             failed.append(s)
-    print(f"{len(scripts) - len(failed)}/{len(scripts)} benchmarks ran; results in {os.path.join(d, 'results')}"
+    ran = len(scripts) - len(skipped)
+    results = os.path.join(d, "results", "*_quick.json" if args.quick else "")
+    print(f"{ran - len(failed)}/{ran} benchmarks ran; results in {results}"
+          + (f"; skipped: {', '.join(skipped)}" if skipped else "")
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nhl_fast.backbones import BackboneError, build_backbone
-from nhl_fast.data import (IMAGENET_MEAN, IMAGENET_STD, DataError, load_data, load_digits_data,
-                           metric_labels)
+from nhl_fast.app.backbones import BackboneError, build_backbone
+from nhl_fast.app.data import (IMAGENET_MEAN, IMAGENET_STD, DataError, load_data, load_digits_data,
+                               metric_labels)
 
 
 # ----------------------------------------------------------------------------- digits

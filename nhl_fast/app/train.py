@@ -14,14 +14,14 @@ from typing import Optional
 
 import torch
 
-from nhl_fast import plots
-from nhl_fast.backbones import default_backbone
-from nhl_fast.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
-from nhl_fast.data import HashingData, load_data
-from nhl_fast.evaluate import evaluate_model, table
-from nhl_fast.model import build_model
+from nhl_fast.app import plots
+from nhl_fast.app.backbones import default_backbone
+from nhl_fast.app.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from nhl_fast.app.data import HashingData, load_data
+from nhl_fast.app.evaluate import evaluate_model, table
+from nhl_fast.app.model import build_model
+from nhl_fast.app.progress import Reporter
 from nhl_fast.objective import NHLObjective
-from nhl_fast.progress import Reporter
 
 
 @dataclass

@@ -6,8 +6,8 @@ from typing import Optional, Sequence
 import torch
 
 import nhl_fast as nf
-from nhl_fast.data import HashingData, metric_labels
-from nhl_fast.progress import Reporter
+from nhl_fast.app.data import HashingData, metric_labels
+from nhl_fast.app.progress import Reporter
 
 
 @torch.no_grad()
