@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from nhl_fast.losses.base import NestedLoss, PerLengthLoss, multi_hot
+from nhl_fast.losses.base import NestedLoss, PerLengthLoss, UnsupervisedNestedLoss, multi_hot
 
 _REGISTRY: dict[str, type] = {}
 
@@ -38,4 +38,4 @@ for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base":
         importlib.import_module(f"{__name__}.{_mod.name}")
 
-__all__ = ["NestedLoss", "PerLengthLoss", "multi_hot", "register", "available", "get_loss"]
+__all__ = ["NestedLoss", "PerLengthLoss", "UnsupervisedNestedLoss", "multi_hot", "register", "available", "get_loss"]

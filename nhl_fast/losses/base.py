@@ -59,3 +59,37 @@ class PerLengthLoss(NestedLoss):
 
     def forward(self, u: Tensor, labels: Tensor, indices: Tensor) -> Tensor:
         return torch.stack([self.fn(u[:, :b], labels, indices).reshape(()) for b in self.bit_list])
+
+
+class UnsupervisedNestedLoss(NestedLoss):
+    """Base class of the losses without labels: forward(u, u_other, indices=None, *, z=None, z_other=None) -> (K,).
+
+    u, u_other: (B, b_max) relaxed codes of two augmented views of the same B samples (row i of
+    both is one sample); z, z_other: optional (B, d) latent features of the two views, for the
+    losses that contrast latents (their docstrings say so); indices: (B,) positions in the
+    training set, for losses with a memory. Labels are never seen.
+    """
+
+    unsupervised = True
+
+    def check_views(self, u: Tensor, u_other: Tensor, z: Optional[Tensor] = None,
+                    z_other: Optional[Tensor] = None) -> None:
+        """The two views must be tensors of one shape (B, b_max), B >= 2; latents, when given, both (B, d)."""
+        for name, t in (("u", u), ("u_other", u_other)):
+            _checks.tensor(t, name)
+            _checks.ensure(t.dim() == 2 and t.shape[1] >= self.bit_list[-1], ValueError,
+                           lambda: f"{name} must be (B, >= {self.bit_list[-1]}) relaxed codes, got {tuple(t.shape)}")
+        _checks.ensure(u.shape == u_other.shape, ValueError,
+                       lambda: f"the two views must have one shape, got u {tuple(u.shape)} and u_other {tuple(u_other.shape)}")
+        _checks.ensure(u.shape[0] >= 2, ValueError, lambda: f"a contrastive loss needs B >= 2 samples, got {u.shape[0]}")
+        _checks.ensure((z is None) == (z_other is None), ValueError,
+                       lambda: "give both latents z and z_other, or neither")
+        if z is not None:
+            for name, t in (("z", z), ("z_other", z_other)):
+                _checks.tensor(t, name)
+                _checks.ensure(t.dim() == 2 and t.shape[0] == u.shape[0] and t.shape == z.shape, ValueError,
+                               lambda: f"{name} must be (B={u.shape[0]}, d) like z, got {tuple(t.shape)}")
+
+    def forward(self, u: Tensor, u_other: Tensor, indices: Optional[Tensor] = None, *,
+                z: Optional[Tensor] = None, z_other: Optional[Tensor] = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
