@@ -114,8 +114,42 @@ def gpu_summary() -> str:
     return table(["benchmark", "nhl_fast", "alternative", "ratio"], rows)
 
 
+def cpu_index() -> str:
+    d = load("bench_index")
+    by = {}
+    for r in d["rows"]:
+        by.setdefault((r["bits"], r["N"], r["codes"], r["k"]), {})[r["method"]] = r
+    rows = []
+    for (bits, n, codes, k), m in by.items():
+        flat, mih = m["flat"], m["mih"]
+        rows.append([bits, f"{n:,}", codes, k, f"{flat['qps']:,.0f}",
+                     f"{mih['qps']:,.0f} ({mih['qps'] / flat['qps']:.2f}x)", "yes" if mih["exact"] else "**no**",
+                     f"{mih['flat_fallback']}/{mih['Q']}",
+                     f"{m['faiss_hash']['qps']:,.0f} / {m['faiss_hash']['recall']:.3f}",
+                     f"{m['faiss_mhash']['qps']:,.0f} / {m['faiss_mhash']['recall']:.3f}"])
+    return table(["bits", "N", "codes", "k", "flat q/s", "mih q/s (vs flat)", "mih exact", "flat fallback",
+                  "faiss Hash q/s / recall", "faiss MultiHash q/s / recall"], rows)
+
+
+def cpu_index_build() -> str:
+    d = load("bench_index")
+    rows, seen = [], set()
+    for r in d["rows"]:
+        key = (r["bits"], r["N"], r["codes"])
+        if key in seen or r["method"] != "mih":
+            continue
+        seen.add(key)
+        faiss = {x["method"]: x["build_s"] for x in d["rows"]
+                 if (x["bits"], x["N"], x["codes"]) == key and x["method"].startswith("faiss")}
+        rows.append([r["bits"], f"{r['N']:,}", r["codes"], r["substrings"], f"{r['build_s']:.2f} s",
+                     f"{r['memory_bytes'] / 2**20:,.0f} MiB ({r['memory_bytes'] / (r['memory_bytes'] - r['tables_bytes']):.2f}x the codes)",
+                     f"{faiss['faiss_hash']:.2f} s", f"{faiss['faiss_mhash']:.2f} s"])
+    return table(["bits", "N", "codes", "tables", "mih build", "mih memory (codes + tables)", "faiss Hash build",
+                  "faiss MultiHash build"], rows)
+
+
 TABLES = {"cpu_topk": cpu_topk, "cpu_map": cpu_map, "cpu_train_step": cpu_train_step, "cpu_losses": cpu_losses,
-          "gpu_summary": gpu_summary}
+          "gpu_summary": gpu_summary, "cpu_index": cpu_index, "cpu_index_build": cpu_index_build}
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 

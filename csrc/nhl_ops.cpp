@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/mih_cpu.h"
 #include "cpu/output_cache.h"
 
 #ifdef _OPENMP
@@ -76,4 +77,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "Which backends were compiled, compiler, OpenMP threads, SIMD level");
   m.def("empty_output_cache", &nhl::empty_output_cache, "Free the cached blocks of freed large CPU outputs; returns the bytes freed");
   m.def("output_cache_bytes", &nhl::output_cache_bytes, "Bytes of freed large-output blocks the cache holds");
+  // multi-index hashing for nhl_fast.MultiIndexHammingIndex (state of one class, not ops: csrc/cpu/mih_cpu.h)
+  m.def("mih_build", &nhl::mih_build_cpu, "CSR tables of the substrings of packed codes");
+  m.def("mih_search", &nhl::mih_search_cpu, "Exact k nearest codes per length by multi-index hashing");
 }

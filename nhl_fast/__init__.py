@@ -8,6 +8,7 @@ from nhl_fast import _ops  # noqa: F401  (loads nhl_fast._C through _dispatch.ex
 from nhl_fast._dispatch import BackendUnavailable, build_info
 from nhl_fast.engine import empty_cache, hamming, pack, topk, unpack
 from nhl_fast.index import NestedHammingIndex
+from nhl_fast.mih import MultiIndexHammingIndex
 from nhl_fast.layers import NestedCodes, NestedHashLayer
 from nhl_fast.metrics import (
     mean_average_precision,
@@ -23,5 +24,6 @@ __all__ = [
     "NestedHashLayer", "NestedCodes", "NHLObjective",
     "mean_average_precision", "precision_at_radius", "precision_recall_curve", "precision_at_k", "recall_at_k",
     "NestedHammingIndex",
+    "MultiIndexHammingIndex",
 ]
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ import torch
 
 from nhl_fast import _checks
 from nhl_fast.engine import topk
+from nhl_fast.mih import MultiIndexHammingIndex  # noqa: F401  (the exact sub-linear index; its code is in mih.py)
 
 NEEDS_SAFETENSORS = ("NestedHammingIndex.save/load need the safetensors package, which the library does not "
                      "depend on: pip install safetensors (or the app extra: pip install 'nhl-fast[app]')")
