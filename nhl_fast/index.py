@@ -6,19 +6,15 @@ Codes are added in batches (the database grows by amortised doubling, like a vec
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from typing import Iterable, Optional
 
 import torch
 
 from nhl_fast import _checks
+from nhl_fast._files import read_codes, write_codes
 from nhl_fast.engine import topk
 from nhl_fast.mih import MultiIndexHammingIndex  # noqa: F401  (the exact sub-linear index; its code is in mih.py)
 
-NEEDS_SAFETENSORS = ("NestedHammingIndex.save/load need the safetensors package, which the library does not "
-                     "depend on: pip install safetensors (or the app extra: pip install 'nhl-fast[app]')")
 
 
 class NestedHammingIndex:
@@ -65,35 +61,11 @@ class NestedHammingIndex:
 
     def save(self, path: str) -> None:
         """Write codes + config to a safetensors file (temp file then rename: never a torn file)."""
-        try:
-            from safetensors.torch import save_file
-        except ImportError as e:
-            raise ImportError(NEEDS_SAFETENSORS) from e
-
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"codes": self.codes.cpu().contiguous()}, tmp,
-                      metadata={"nhl_fast_index": json.dumps({"bits": list(self.bits)})})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_codes(path, self.codes, "nhl_fast_index", {"bits": list(self.bits)}, "NestedHammingIndex")
 
     @classmethod
     def load(cls, path: str, device: str | torch.device = "cpu", backend: Optional[str] = None) -> "NestedHammingIndex":
-        try:
-            from safetensors import SafetensorError, safe_open
-        except ImportError as e:
-            raise ImportError(NEEDS_SAFETENSORS) from e
-
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["nhl_fast_index"])
-                codes = f.get_tensor("codes")
-        except (KeyError, ValueError, OSError, SafetensorError) as e:
-            raise ValueError(f"{path}: not a NestedHammingIndex file ({e})") from None
+        meta, codes = read_codes(path, "nhl_fast_index", "NestedHammingIndex")
         index = cls(meta["bits"], device=device, backend=backend)
         if codes.shape[0]:
             index.add(codes)

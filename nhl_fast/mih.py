@@ -19,23 +19,19 @@ tables of the default m stay within 2x the 64-bit codes (``memory_bytes()``).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
 from nhl_fast import _checks
 from nhl_fast._dispatch import extension
+from nhl_fast._files import read_codes, write_codes
 from nhl_fast.engine import topk
 
 FORMAT = "nhl_fast.MultiIndexHammingIndex"
 VERSION = 1
 PILOT = 32  # queries searched first to learn whether hashing pays at a length
-NEEDS_SAFETENSORS = ("MultiIndexHammingIndex.save/load need the safetensors package, which the library does not "
-                     "depend on: pip install safetensors (or the app extra: pip install 'nhl-fast[app]')")
 
 
 def plan_substrings(n: int, bits: Sequence[int], tables: Union[None, int, Sequence[int]] = None) -> list[tuple[int, int]]:
@@ -263,37 +259,15 @@ class MultiIndexHammingIndex:
         """Write codes + config to a safetensors file (temp file then rename: never a torn file).
 
         The tables are not stored: load rebuilds them (a counting sort, seconds at 10^7 codes)."""
-        try:
-            from safetensors.torch import save_file
-        except ImportError as e:
-            raise ImportError(NEEDS_SAFETENSORS) from e
         meta = {"format": FORMAT, "version": VERSION, "bits": list(self.bits), "tables": self.tables,
                 "flat_fraction": self.flat_fraction, "ntotal": self.ntotal}
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"codes": self.codes.contiguous()}, tmp, metadata={"nhl_fast_mih": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_codes(path, self.codes, "nhl_fast_mih", meta, "MultiIndexHammingIndex")
 
     @classmethod
     def load(cls, path: str) -> "MultiIndexHammingIndex":
-        try:
-            from safetensors import SafetensorError, safe_open
-        except ImportError as e:
-            raise ImportError(NEEDS_SAFETENSORS) from e
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["nhl_fast_mih"])
-                codes = f.get_tensor("codes")
-        except (KeyError, ValueError, OSError, SafetensorError) as e:
-            raise ValueError(f"{path}: not a MultiIndexHammingIndex file ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a MultiIndexHammingIndex file (format {meta.get('format')!r})"
-                             if isinstance(meta, dict) else f"{path}: not a MultiIndexHammingIndex file")
+        meta, codes = read_codes(path, "nhl_fast_mih", "MultiIndexHammingIndex")
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a MultiIndexHammingIndex file (format {meta.get('format')!r})")
         if meta.get("version") != VERSION:
             raise ValueError(f"{path}: MultiIndexHammingIndex file version {meta.get('version')!r}, this library "
                              f"reads version {VERSION}")

@@ -35,8 +35,9 @@ def test_ties_resolve_to_lower_ids_across_batches():
     assert ids.tolist() == [[[0, 1, 2]], [[0, 1, 2]]]
 
 
-def test_bad_inputs_name_the_argument():
-    index = nf.NestedHammingIndex(bits=(8, 64))
+@pytest.mark.parametrize("cls", [nf.NestedHammingIndex, nf.MultiIndexHammingIndex])
+def test_bad_inputs_name_the_argument(cls):
+    index = cls(bits=(8, 64))
     with pytest.raises(ValueError, match="empty"):
         index.search(codes(1, 64, 0), 1)
     with pytest.raises(ValueError, match="words per code"):
@@ -47,7 +48,7 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match=r"k=4 must be in \[1, N\]"):
         index.search(codes(1, 64, 1), 4)
     with pytest.raises(ValueError, match="strictly increasing"):
-        nf.NestedHammingIndex(bits=(16, 8))
+        cls(bits=(16, 8))
 
 
 def test_save_load_roundtrip_and_corrupt_file_keeps_original(tmp_path):
