@@ -62,8 +62,9 @@ class NestedHammingIndex:
         self._codes = self._codes[:0]
         self.ntotal = 0
 
-    def save(self, path: str) -> None:
-        """Write codes + config to a safetensors file (temp file then rename: never a torn file)."""
+    def save(self, path: str, *, metadata: Optional[dict] = None) -> None:
+        """Write codes + config to a safetensors file (temp file then rename: never a torn file).
+        metadata: extra JSON-able entries stored with the config (the sharded index records its shard)."""
         try:
             from safetensors.torch import save_file
         except ImportError as e:
@@ -74,14 +75,15 @@ class NestedHammingIndex:
         os.close(fd)
         try:
             save_file({"codes": self.codes.cpu().contiguous()}, tmp,
-                      metadata={"nhl_fast_index": json.dumps({"bits": list(self.bits)})})
+                      metadata={"nhl_fast_index": json.dumps({**(metadata or {}), "bits": list(self.bits)})})
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
-    @classmethod
-    def load(cls, path: str, device: str | torch.device = "cpu", backend: Optional[str] = None) -> "NestedHammingIndex":
+    @staticmethod
+    def read_file(path: str) -> tuple[dict, torch.Tensor]:
+        """(metadata, codes) of a file written by save; ValueError naming the file when it is not one."""
         try:
             from safetensors import SafetensorError, safe_open
         except ImportError as e:
@@ -91,8 +93,15 @@ class NestedHammingIndex:
             with safe_open(path, framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["nhl_fast_index"])
                 codes = f.get_tensor("codes")
-        except (KeyError, ValueError, OSError, SafetensorError) as e:
+            _checks.increasing_lengths(meta["bits"], "bits")
+            _checks.packed_codes(codes, "codes", empty_ok=True)
+        except (KeyError, ValueError, TypeError, OSError, SafetensorError) as e:
             raise ValueError(f"{path}: not a NestedHammingIndex file ({e})") from None
+        return meta, codes
+
+    @classmethod
+    def load(cls, path: str, device: str | torch.device = "cpu", backend: Optional[str] = None) -> "NestedHammingIndex":
+        meta, codes = cls.read_file(path)
         index = cls(meta["bits"], device=device, backend=backend)
         if codes.shape[0]:
             index.add(codes)
