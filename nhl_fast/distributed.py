@@ -128,10 +128,12 @@ def _exchange(what: str, group, local: Callable[[], dict]) -> list[dict]:
     return infos
 
 
-def _same(infos: list[dict], key: str, message: str) -> None:
+def _same(infos: list[dict], key: str, message: str, show: bool = True) -> None:
     values = [i[key] for i in infos]
     if any(v != values[0] for v in values):
-        raise ValueError(f"{message}; got {', '.join(f'rank {r}: {v}' for r, v in enumerate(values))}")
+        differ = [r for r, v in enumerate(values) if v != values[0]]
+        raise ValueError(f"{message}; got {', '.join(f'rank {r}: {v}' for r, v in enumerate(values))}" if show else
+                         f"{message}: rank(s) {differ} differ from rank 0")
 
 
 def _checksum(*tensors: torch.Tensor) -> int:
@@ -179,7 +181,7 @@ def _shard_summary(q, db, bits, extra: Optional[dict] = None) -> dict:
 def _offsets(infos: list[dict], rank: int, k: Optional[int], name: str = "k") -> tuple[int, int]:
     """(this shard's offset, N) after checking that the ranks agree on the queries and lengths."""
     _same(infos, "q", "every rank must pass the same queries q (shape)")
-    _same(infos, "q_sum", "every rank must pass the same queries q (their values differ)")
+    _same(infos, "q_sum", "every rank must pass the same queries q and q_labels (their values differ)", show=False)
     _same(infos, "bits", "every rank must pass the same bits")
     sizes = [i["n"] for i in infos]
     n = sum(sizes)

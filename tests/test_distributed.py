@@ -205,6 +205,24 @@ def _two_ranks(rank, world, folder):
     _index(rank, world, [120, 80], folder)
     for loss_name in ("csq", "dpsh"):  # closed-form and autograd paths; dpsh has a memory bank
         _ddp_step(rank, world, loss_name)
+    _train_command(rank, folder)
+
+
+def _train_command(rank, folder):
+    """`nhl-fast train` as torchrun starts it (RANK, WORLD_SIZE, MASTER_* set): one run directory written
+    by rank 0 only, then --resume continuing it on both ranks."""
+    import json
+
+    from nhl_fast.app.cli import main
+
+    run = os.path.join(folder, "run")
+    assert main(["train", "--epochs", "1", "--batch-size", "128", "--out", run, "--quiet"]) == 0
+    assert main(["train", "--resume", "--epochs", "2", "--out", run, "--quiet"]) == 0
+    if rank == 0:
+        result = json.load(open(os.path.join(run, "metrics.json")))
+        assert result["epochs"] == 2 and [h["epoch"] for h in result["history"]] == [1, 2]
+        assert len(result["final"]["map"]) == 5 and all(0 < m <= 1 for m in result["final"]["map"])
+        assert not [f for f in os.listdir(run) if f.startswith(".tmp")]  # no temporary file left behind
 
 
 def test_two_ranks_search_index_metrics_and_ddp_step(tmp_path):
