@@ -114,7 +114,63 @@ def gpu_summary() -> str:
     return table(["benchmark", "nhl_fast", "alternative", "ratio"], rows)
 
 
-TABLES = {"cpu_topk": cpu_topk, "cpu_map": cpu_map, "cpu_train_step": cpu_train_step, "cpu_losses": cpu_losses,
+def cpu_distributed() -> str:
+    d = load("bench_distributed")
+    rows = {(r["op"], r["ranks"], r["threads_per_rank"]): r for r in d["rows"]}
+    out = []
+    for op in dict.fromkeys(r["op"] for r in d["rows"]):
+        one, two, dist = rows[(op, 1, 1)], rows[(op, 1, 2)], rows[(op, 2, 1)]
+        out.append([op, f"{one['queries']:,}", ms(one["min_s"]), ms(two["min_s"]), ms(dist["min_s"]),
+                    ms(dist["local_compute_min_s"]), ms(dist["min_s"] - dist["local_compute_min_s"]),
+                    f"{dist['bytes_per_query']:,} B"])
+    return table(["operation (N = 1M, 5 lengths)", "queries", "1 process, 1 thread", "1 process, 2 threads",
+                  "2 ranks x 1 thread", "of which local compute", "rest (exchange, transfer, merge)",
+                  "received per query per rank"], out)
+
+
+# Projection (NOT measured): R ranks each holding 1M codes (N = R x 1M), Q = 1,000, 5 lengths, k = 100.
+# Local compute = the measured 1-thread single-process time at N = 1M (per query for the rank scan); the
+# 2-rank run's rest (argument exchange, loopback transfer, merge) scaled by R / 2 for the calls that merge
+# R shares (pessimistic: part of it is fixed), kept as is for the all_reduce; the transfer is what a rank
+# receives at the link's bandwidth, plus 2 log2(R) collective latencies of 20 us.
+LINKS = {"10 GbE": 1.25e9, "100 Gb/s": 12.5e9}
+LATENCY_S = 20e-6
+
+
+def cpu_distributed_projection() -> str:
+    import math
+
+    d = load("bench_distributed")
+    rows = {(r["op"], r["ranks"], r["threads_per_rank"]): r for r in d["rows"]}
+    q, L, k, B = d["config"]["q"], len(d["config"]["bits"]), d["config"]["k"], max(d["config"]["bits"]) + 1
+    out = []
+    kmap = d["config"]["map_topk"]
+    ops = (("topk", lambda R: (R - 1) * L * k * 8, True),                    # all_gather of (L, Q, k) keys
+           ("map_average", lambda R: 2 * 2 * L * B * 8, False),             # ring all_reduce of 2 histograms
+           (f"map_index_at_{kmap}", lambda R: (R - 1) * L * kmap * 8, True),
+           ("map_index_all", lambda R: (R - 1) * 2 * L * B * 8, True))      # all_gather of 2 histograms
+    for op, received, merges in ops:
+        per_query = q / rows[(op, 1, 1)]["queries"]  # the rank scan is timed on a slice of the queries
+        dist = rows[(op, 2, 1)]
+        if op == "map_index_all":  # its local work is the torch rank scan, linear in the shard: 2x the 2-rank call
+            local, rest2 = 2 * dist["min_s"] * per_query, 0.0
+        else:
+            local = rows[(op, 1, 1)]["min_s"] * per_query
+            rest2 = max(0.0, dist["min_s"] - dist["local_compute_min_s"]) * per_query
+        for R in (8, 16, 32, 64):
+            merge = rest2 * (R / 2) if merges else rest2
+            cells = [op, R, f"{R}M"]
+            for bw in LINKS.values():
+                comm = q * received(R) / bw + 2 * math.log2(R) * LATENCY_S
+                total = local + merge + comm
+                cells.append(f"{ms(total)} ({100 * comm / total:.0f}% link)")
+            cells.append(f"{q * received(R) / 1e6:,.1f} MB")
+            out.append(cells)
+    return table(["operation", "ranks", "N", "projected, 10 GbE", "projected, 100 Gb/s", "received per rank"], out)
+
+
+TABLES = {"cpu_distributed": cpu_distributed, "cpu_distributed_projection": cpu_distributed_projection,
+          "cpu_topk": cpu_topk, "cpu_map": cpu_map, "cpu_train_step": cpu_train_step, "cpu_losses": cpu_losses,
           "gpu_summary": gpu_summary}
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- end table -->)", re.S)
 

@@ -356,28 +356,63 @@ def _global_histograms(q, db, ql, dl, bits, backend, group, what):
     return tot, rel
 
 
-def _ranked_terms(q, db, ql, dl, bits, shift: torch.Tensor, k: Optional[int], backend):
+def _ranked_terms(q, db, ql, dl, bits, base: torch.Tensor, k: Optional[int], backend):
     """Sum of precisions (L, Q) float64 and count (L, Q) int64 of this shard's relevant items ranked <= k.
 
-    shift (2, L, Q, B): for an item of bin d at position s (1-based) in the local (distance, index) order,
-    global rank = s + shift[0, d] and global relevant-rank = (local relevant count up to it) + shift[1, d].
+    base (2, L, Q, B): items (relevant items) of every rank that precede bin d here, i.e. N_<d + the bin's
+    items on earlier ranks. An item's global rank = base[0, d] + its 1-based position among the items of bin
+    d in this shard; its relevant-rank = base[1, d] + its position among the bin's relevant items here.
+
+    No sort of the shard: its items are cut into blocks of T; per block, histograms (one scatter_add), whose
+    exclusive cumsum over blocks counts a bin's items before the block; a relevant item adds the items of its
+    bin in its own block up to itself (T comparisons). Cost per (length, query): n + (n / T) B + M T for M
+    relevant items, T = sqrt(n B / M) (about 2 n sqrt(B M / n)); the relevant items' in-bin order is a sort
+    of the M relevant items only.
     """
     L, Q, n = len(bits), q.shape[0], db.shape[0]
     acc = torch.zeros(L, Q, dtype=torch.float64, device=q.device)
     hits = torch.zeros(L, Q, dtype=torch.int64, device=q.device)
     if n == 0:
         return acc, hits
+    B = base.shape[-1]
     hamming = dispatch("hamming", q.device, backend)
-    pos = torch.arange(1, n + 1, dtype=torch.int64, device=q.device)
     step = max(1, _CHUNK // (n * L))
     for s in range(0, Q, step):
-        dist_sorted, order = torch.sort(hamming(q[s:s + step], db, bits).long(), dim=-1, stable=True)  # (L, c, n)
-        r = relevance(ql[s:s + step], dl).expand(L, -1, -1).gather(2, order)
-        rank = pos + shift[0, :, s:s + step].gather(2, dist_sorted)
-        rel_rank = r.long().cumsum(-1) + shift[1, :, s:s + step].gather(2, dist_sorted)
-        keep = r if k is None else r & (rank <= k)
-        acc[:, s:s + step] = torch.where(keep, rel_rank.double() / rank.double(), 0.0).sum(-1)
-        hits[:, s:s + step] = keep.sum(-1)
+        d = hamming(q[s:s + step], db, bits).long()                       # (L, c, n)
+        c = d.shape[1]
+        qi, item = relevance(ql[s:s + step], dl).nonzero(as_tuple=True)   # M relevant (query, item), item ascending
+        m = qi.numel()
+        if m == 0:
+            continue
+        T = int(max(8, min(n, (n * B * c / m) ** 0.5)))
+        blocks = (n + T - 1) // T
+        block = torch.arange(n, device=q.device) // T
+        counts = torch.zeros(L, c * B * blocks, dtype=torch.int64, device=q.device)  # (L, c, B, blocks)
+        cell = (torch.arange(c, device=q.device)[:, None] * B + d) * blocks + block  # (L, c, n)
+        counts.scatter_add_(1, cell.view(L, -1), torch.ones(1, dtype=torch.int64, device=q.device).expand(L, c * n))
+        dr = d[:, qi, item]                                               # (L, M) distances of the relevant items
+        at = (qi * B + dr) * blocks + item // T
+        running = counts.view(L, c * B, blocks).cumsum(-1).view(L, -1)  # scans along the blocks (contiguous)
+        pos = running.gather(1, at) - counts.gather(1, at)                # a bin's items in earlier blocks
+        span = max(1, _CHUNK // (L * T))                                  # ... + its block's items up to it
+        offsets = torch.arange(T, device=q.device)
+        for a in range(0, m, span):
+            it, qa = item[a:a + span], qi[a:a + span]
+            cols = (it // T * T)[:, None] + offsets                       # (m', T)
+            upto = cols <= it[:, None]
+            flat_cols = (qa[:, None] * n + cols.clamp(max=n - 1)).view(1, -1).expand(L, -1)
+            same = d.view(L, -1).gather(1, flat_cols).view(L, -1, T) == dr[:, a:a + span, None]
+            pos[:, a:a + span] += (same & upto).sum(-1)
+        key = qi * B + dr                                                 # (L, M): group = (query, bin)
+        sorted_key, order = torch.sort(key, dim=-1, stable=True)          # stable: item order within a group
+        first = torch.searchsorted(sorted_key, sorted_key)
+        j = torch.empty_like(key).scatter_(1, order, torch.arange(1, m + 1, device=q.device) - first)
+        b = base[:, :, s:s + step].reshape(2, L, -1)
+        flat = qi * B + dr
+        rank, rel_rank = b[0].gather(1, flat) + pos, b[1].gather(1, flat) + j
+        keep = torch.ones_like(rank, dtype=torch.bool) if k is None else rank <= k
+        acc[:, s:s + step].index_add_(1, qi, torch.where(keep, rel_rank.double() / rank.double(), 0.0))
+        hits[:, s:s + step].index_add_(1, qi, keep.long())
     return acc, hits
 
 
@@ -393,8 +428,8 @@ def _index_ap_by_rank(q, db, ql, dl, bits, k, rank, backend, group, what):
         mine = _histograms(q[sl], db, ql[sl], dl, bits, backend)
         every = torch.stack(_all_gather(mine, what, group))               # (world, 2, L, c, B)
         total = every.sum(0)
-        shift = (total.cumsum(-1) - total) + every[:rank].sum(0) - (mine.cumsum(-1) - mine)
-        acc[:, sl], hits[:, sl] = _ranked_terms(q[sl], db, ql[sl], dl, bits, shift, k, backend)
+        base = (total.cumsum(-1) - total) + every[:rank].sum(0)         # N_<d, R_<d + earlier ranks' bin d
+        acc[:, sl], hits[:, sl] = _ranked_terms(q[sl], db, ql[sl], dl, bits, base, k, backend)
     acc, hits = _all_reduce(acc, what, group), _all_reduce(hits, what, group)
     return torch.where(hits > 0, acc / hits.clamp(min=1).double(), 0.0)
 

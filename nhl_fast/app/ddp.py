@@ -26,7 +26,7 @@ class DDPContext:
         self.device, self.owns_group = device, owns_group
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self._stop = False
-        previous = signal.getsignal(signal.SIGINT)
+        self._previous = previous = signal.getsignal(signal.SIGINT)
 
         def note(signum, frame):  # first Ctrl-C: stop at the next step boundary, on every rank
             self._stop = True
@@ -104,7 +104,8 @@ class DDPContext:
         return value
 
     def close(self) -> None:
-        """Leave the process group, if setup joined it (a caller's own group stays)."""
+        """Restore the Ctrl-C handler; leave the process group, if setup joined it (a caller's own group stays)."""
+        signal.signal(signal.SIGINT, self._previous)
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
