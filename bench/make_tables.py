@@ -159,14 +159,11 @@ def cpu_distributed_projection() -> str:
             rest2 = max(0.0, dist["min_s"] - dist["local_compute_min_s"]) * per_query
         for R in (8, 16, 32, 64):
             merge = rest2 * (R / 2) if merges else rest2
-            cells = [op, R, f"{R}M"]
-            for bw in LINKS.values():
-                comm = q * received(R) / bw + 2 * math.log2(R) * LATENCY_S
-                total = local + merge + comm
-                cells.append(f"{ms(total)} ({100 * comm / total:.0f}% link)")
-            cells.append(f"{q * received(R) / 1e6:,.1f} MB")
-            out.append(cells)
-    return table(["operation", "ranks", "N", "projected, 10 GbE", "projected, 100 Gb/s", "received per rank"], out)
+            link = [q * received(R) / bw + 2 * math.log2(R) * LATENCY_S for bw in LINKS.values()]
+            out.append([op, R, f"{R}M", f"{q * received(R) / 1e6:,.1f} MB", *(ms(t) for t in link), ms(merge),
+                        ms(local)])
+    return table(["operation (Q = 1,000)", "ranks", "N", "received per rank", "link, 10 GbE", "link, 100 Gb/s",
+                  "merge (2-rank rest x R/2)", "local compute (1M codes, here)"], out)
 
 
 TABLES = {"cpu_distributed": cpu_distributed, "cpu_distributed_projection": cpu_distributed_projection,

@@ -166,7 +166,8 @@ def _merged_keys(q, db, k, bits, offset, backend, group, what: str, flag: Option
         chunk_flag = (lambda i, s=s: flag(i, slice(s, s + step))) if flag is not None else None
         mine = _local_keys(q[s:s + step], db, k, bits, offset, backend, chunk_flag)
         every = torch.cat(_all_gather(mine, what, group), -1)  # (L, c, world * k), each rank's part sorted
-        out[:, s:s + step] = torch.sort(every, -1).values[..., :k]
+        # selection, not a sort of world * k keys: ~10x less at 64 ranks (keys are unique but for the padding)
+        out[:, s:s + step] = torch.topk(every, k, dim=-1, largest=False, sorted=True).values
     return out
 
 

@@ -176,14 +176,14 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
         for epoch in range(run.epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             model.train()
-            n_batches = math.ceil(len(data.train) / cfg.batch_size) if ddp is None else ddp.n_batches(data.train, cfg.batch_size)
+            n_batches = (math.ceil(len(data.train) / cfg.batch_size) if ddp is None
+                         else ddp.n_batches(data.train, cfg.batch_size))
             loss_sum = torch.zeros((), device=device)
             w_sum = torch.zeros(len(cfg.bits), device=device)
             steps = 0
-            batches = reporter.bar(data.train.batches(cfg.batch_size, shuffle=True, generator=gen, workers=cfg.workers)
-                                   if ddp is None else ddp.batches(data.train, cfg.batch_size, epoch=epoch, seed=cfg.seed,
-                                                                   workers=cfg.workers),
-                                   total=n_batches, desc=f"epoch {epoch}", unit="batch")
+            ours = (data.train.batches(cfg.batch_size, shuffle=True, generator=gen, workers=cfg.workers) if ddp is None
+                    else ddp.batches(data.train, cfg.batch_size, epoch=epoch, seed=cfg.seed, workers=cfg.workers))
+            batches = reporter.bar(ours, total=n_batches, desc=f"epoch {epoch}", unit="batch")
             for x, y, idx in batches:
                 x, y, idx = x.to(device, non_blocking=True), y.to(device), idx.to(device)
                 if x.shape[0] < 2:  # batch norm and pairwise losses need two samples
