@@ -3,7 +3,8 @@
     python bench/bench_distributed.py            # N = 1M x 128-bit codes, Q = 1,000, 5 lengths, 100 classes
     python bench/bench_distributed.py --quick    # tiny smoke run
 
-Rows, per operation (topk k=100; mAP tie-aware over the whole ranking; index-ordered mAP@1000 from the
+Rows "merge": the best k of R sorted runs of k keys (torch.topk, one thread) for R up to 64, the merge
+each rank runs, measured alone for the projection in bench/README.md. Rows, per operation (topk k=100; mAP tie-aware over the whole ranking; index-ordered mAP@1000 from the
 merged top-k; index-ordered mAP over the whole ranking, the rank scan, on a slice of the queries):
   ranks=1  the single-process function (nf.topk, nf.mean_average_precision) with 1 and with 2 threads
   ranks=2  nf.distributed.* with 2 spawned ranks of 1 thread each (the machine's 2 cores), each holding
@@ -102,7 +103,7 @@ def main():
     args = p.parse_args()
     quick = args.quick
     cfg = {"n": 20_000 if quick else 1_000_000, "q": 50 if quick else 1_000, "k": 100, "map_topk": 100 if quick else 1000,
-           "q_rank_scan": 5 if quick else 20, "classes": 100, "repeat": 1 if quick else 3, "bits": list(FIVE)}
+           "q_rank_scan": 5 if quick else 20, "q_merge": 10 if quick else 100, "classes": 100, "repeat": 1 if quick else 3, "bits": list(FIVE)}
     q, db, ql, dl = make_data(cfg["n"], cfg["q"], cfg["classes"])
     rows = []
     for threads in (1, 2):
@@ -113,6 +114,18 @@ def main():
                          "median_s": t["median_s"], "min_s": t["min_s"], "bytes_per_query": 0})
             print(f"1 rank x {threads} thread(s)  {name:18s} {t['min_s']:.3f} s", flush=True)
     del q, db, ql, dl
+    # the merge alone, for the projection: select the best k of R sorted runs of k keys, one thread
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(1)
+    for k in (cfg["k"], cfg["map_topk"]):
+        for R in (2, 8, 32, 64):
+            keys = torch.sort(torch.randint(0, 2**62, (len(FIVE), cfg["q_merge"], R, k), generator=g), -1).values
+            keys = keys.view(len(FIVE), cfg["q_merge"], R * k)
+            t = _common.timeit(lambda: torch.topk(keys, k, dim=-1, largest=False, sorted=True), repeat=cfg["repeat"])
+            rows.append({"op": "merge", "ranks": R, "k": k, "queries": cfg["q_merge"], "median_s": t["median_s"],
+                         "min_s": t["min_s"]})
+            print(f"merge of {R} x {k} keys, {cfg['q_merge']} queries: {t['min_s']:.4f} s", flush=True)
+            del keys
 
     import tempfile
 

@@ -116,9 +116,9 @@ def gpu_summary() -> str:
 
 def cpu_distributed() -> str:
     d = load("bench_distributed")
-    rows = {(r["op"], r["ranks"], r["threads_per_rank"]): r for r in d["rows"]}
+    rows = {(r["op"], r["ranks"], r["threads_per_rank"]): r for r in d["rows"] if r["op"] != "merge"}
     out = []
-    for op in dict.fromkeys(r["op"] for r in d["rows"]):
+    for op in dict.fromkeys(r["op"] for r in d["rows"] if r["op"] != "merge"):
         one, two, dist = rows[(op, 1, 1)], rows[(op, 1, 2)], rows[(op, 2, 1)]
         out.append([op, f"{one['queries']:,}", ms(one["min_s"]), ms(two["min_s"]), ms(dist["min_s"]),
                     ms(dist["local_compute_min_s"]), ms(dist["min_s"] - dist["local_compute_min_s"]),
@@ -129,10 +129,9 @@ def cpu_distributed() -> str:
 
 
 # Projection (NOT measured): R ranks each holding 1M codes (N = R x 1M), Q = 1,000, 5 lengths, k = 100.
-# Local compute = the measured 1-thread single-process time at N = 1M (per query for the rank scan); the
-# 2-rank run's rest (argument exchange, loopback transfer, merge) scaled by R / 2 for the calls that merge
-# R shares (pessimistic: part of it is fixed), kept as is for the all_reduce; the transfer is what a rank
-# receives at the link's bandwidth, plus 2 log2(R) collective latencies of 20 us.
+# Local compute = the measured 1-thread single-process time at N = 1M (the rank scan: twice its 2-rank
+# time, per query); merge = the "merge" rows (R sorted runs of k keys, measured alone); the transfer is
+# what a rank receives at the link's bandwidth, plus 2 log2(R) collective latencies of 20 us.
 LINKS = {"10 GbE": 1.25e9, "100 Gb/s": 12.5e9}
 LATENCY_S = 20e-6
 
@@ -141,29 +140,27 @@ def cpu_distributed_projection() -> str:
     import math
 
     d = load("bench_distributed")
-    rows = {(r["op"], r["ranks"], r["threads_per_rank"]): r for r in d["rows"]}
+    rows = {(r["op"], r["ranks"], r["threads_per_rank"]): r for r in d["rows"] if r["op"] != "merge"}
     q, L, k, B = d["config"]["q"], len(d["config"]["bits"]), d["config"]["k"], max(d["config"]["bits"]) + 1
     out = []
     kmap = d["config"]["map_topk"]
-    ops = (("topk", lambda R: (R - 1) * L * k * 8, True),                    # all_gather of (L, Q, k) keys
-           ("map_average", lambda R: 2 * 2 * L * B * 8, False),             # ring all_reduce of 2 histograms
-           (f"map_index_at_{kmap}", lambda R: (R - 1) * L * kmap * 8, True),
-           ("map_index_all", lambda R: (R - 1) * 2 * L * B * 8, True))      # all_gather of 2 histograms
-    for op, received, merges in ops:
-        per_query = q / rows[(op, 1, 1)]["queries"]  # the rank scan is timed on a slice of the queries
+    ops = (("topk", lambda R: (R - 1) * L * k * 8, k),                       # all_gather of (L, Q, k) keys
+           ("map_average", lambda R: 2 * 2 * L * B * 8, None),              # ring all_reduce of 2 histograms
+           (f"map_index_at_{kmap}", lambda R: (R - 1) * L * kmap * 8, kmap),
+           ("map_index_all", lambda R: (R - 1) * 2 * L * B * 8, None))      # all_gather of 2 histograms
+    merge = {(r["ranks"], r["k"]): r["min_s"] * q / r["queries"] for r in d["rows"] if r["op"] == "merge"}
+    for op, received, keys in ops:
         dist = rows[(op, 2, 1)]
         if op == "map_index_all":  # its local work is the torch rank scan, linear in the shard: 2x the 2-rank call
-            local, rest2 = 2 * dist["min_s"] * per_query, 0.0
+            local = 2 * dist["min_s"] * q / dist["queries"]
         else:
-            local = rows[(op, 1, 1)]["min_s"] * per_query
-            rest2 = max(0.0, dist["min_s"] - dist["local_compute_min_s"]) * per_query
-        for R in (8, 16, 32, 64):
-            merge = rest2 * (R / 2) if merges else rest2
+            local = rows[(op, 1, 1)]["min_s"]
+        for R in (8, 32, 64):
             link = [q * received(R) / bw + 2 * math.log2(R) * LATENCY_S for bw in LINKS.values()]
-            out.append([op, R, f"{R}M", f"{q * received(R) / 1e6:,.1f} MB", *(ms(t) for t in link), ms(merge),
-                        ms(local)])
+            out.append([op, R, f"{R}M", f"{q * received(R) / 1e6:,.1f} MB", *(ms(t) for t in link),
+                        ms(merge[(R, keys)]) if keys else "-", ms(local)])
     return table(["operation (Q = 1,000)", "ranks", "N", "received per rank", "link, 10 GbE", "link, 100 Gb/s",
-                  "merge (2-rank rest x R/2)", "local compute (1M codes, here)"], out)
+                  "merge (measured alone)", "local compute (1M codes, here)"], out)
 
 
 TABLES = {"cpu_distributed": cpu_distributed, "cpu_distributed_projection": cpu_distributed_projection,

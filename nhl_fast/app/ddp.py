@@ -37,10 +37,14 @@ class DDPContext:
     # ------------------------------------------------------------ training
 
     def wrap(self, model: torch.nn.Module, objective) -> torch.nn.Module:
-        """DDP around the model; the objective computed on every rank's batch at once."""
+        """DDP around the model; the objective computed on every rank's batch at once. On CUDA the batch norms
+        become SyncBatchNorm (statistics of the global batch; the layers keep their parameters, so the optimizer
+        is unchanged); torch has no CPU SyncBatchNorm, so on CPU each rank normalises its own share."""
         from torch.nn.parallel import DistributedDataParallel
 
         objective.global_batch = nf.distributed.GlobalBatch()
+        if self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
 
     def per_rank_batch(self, batch_size: int) -> int:
