@@ -148,8 +148,58 @@ def cpu_index_build() -> str:
                   "faiss MultiHash build"], rows)
 
 
+def cpu_distributed() -> str:
+    d = load("bench_distributed")
+    rows = {(r["op"], r["ranks"], r["threads_per_rank"]): r for r in d["rows"] if r["op"] != "merge"}
+    out = []
+    for op in dict.fromkeys(r["op"] for r in d["rows"] if r["op"] != "merge"):
+        one, two, dist = rows[(op, 1, 1)], rows[(op, 1, 2)], rows[(op, 2, 1)]
+        out.append([op, f"{one['queries']:,}", ms(one["min_s"]), ms(two["min_s"]), ms(dist["min_s"]),
+                    ms(dist["local_compute_min_s"]), ms(dist["min_s"] - dist["local_compute_min_s"]),
+                    f"{dist['bytes_per_query']:,} B"])
+    return table(["operation (N = 1M, 5 lengths)", "queries", "1 process, 1 thread", "1 process, 2 threads",
+                  "2 ranks x 1 thread", "of which local compute", "rest (exchange, transfer, merge)",
+                  "received per query per rank"], out)
+
+
+# Projection (NOT measured): R ranks each holding 1M codes (N = R x 1M), Q = 1,000, 5 lengths, k = 100.
+# Local compute = the measured 1-thread single-process time at N = 1M (the rank scan: twice its 2-rank
+# time, per query); merge = the "merge" rows (R sorted runs of k keys, measured alone); the transfer is
+# what a rank receives at the link's bandwidth, plus 2 log2(R) collective latencies of 20 us.
+LINKS = {"10 GbE": 1.25e9, "100 Gb/s": 12.5e9}
+LATENCY_S = 20e-6
+
+
+def cpu_distributed_projection() -> str:
+    import math
+
+    d = load("bench_distributed")
+    rows = {(r["op"], r["ranks"], r["threads_per_rank"]): r for r in d["rows"] if r["op"] != "merge"}
+    q, L, k, B = d["config"]["q"], len(d["config"]["bits"]), d["config"]["k"], max(d["config"]["bits"]) + 1
+    out = []
+    kmap = d["config"]["map_topk"]
+    ops = (("topk", lambda R: (R - 1) * L * k * 8, k),                       # all_gather of (L, Q, k) keys
+           ("map_average", lambda R: 2 * 2 * L * B * 8, None),              # ring all_reduce of 2 histograms
+           (f"map_index_at_{kmap}", lambda R: (R - 1) * L * kmap * 8, kmap),
+           ("map_index_all", lambda R: (R - 1) * 2 * L * B * 8, None))      # all_gather of 2 histograms
+    merge = {(r["ranks"], r["k"]): r["min_s"] * q / r["queries"] for r in d["rows"] if r["op"] == "merge"}
+    for op, received, keys in ops:
+        dist = rows[(op, 2, 1)]
+        if op == "map_index_all":  # its local work is the torch rank scan, linear in the shard: 2x the 2-rank call
+            local = 2 * dist["min_s"] * q / dist["queries"]
+        else:
+            local = rows[(op, 1, 1)]["min_s"]
+        for R in (8, 32, 64):
+            link = [q * received(R) / bw + 2 * math.log2(R) * LATENCY_S for bw in LINKS.values()]
+            out.append([op, R, f"{R}M", f"{q * received(R) / 1e6:,.1f} MB", *(ms(t) for t in link),
+                        ms(merge[(R, keys)]) if keys else "-", ms(local)])
+    return table(["operation (Q = 1,000)", "ranks", "N", "received per rank", "link, 10 GbE", "link, 100 Gb/s",
+                  "merge (measured alone)", "local compute (1M codes, here)"], out)
+
+
 TABLES = {"cpu_topk": cpu_topk, "cpu_map": cpu_map, "cpu_train_step": cpu_train_step, "cpu_losses": cpu_losses,
-          "gpu_summary": gpu_summary, "cpu_index": cpu_index, "cpu_index_build": cpu_index_build}
+          "gpu_summary": gpu_summary, "cpu_index": cpu_index, "cpu_index_build": cpu_index_build,
+          "cpu_distributed": cpu_distributed, "cpu_distributed_projection": cpu_distributed_projection}
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 

@@ -18,12 +18,12 @@ from nhl_fast.metrics import (
     recall_at_k,
 )
 from nhl_fast.objective import NHLObjective
+from nhl_fast import distributed  # noqa: E402  (nf.distributed: sharded search and evaluation, DDP helpers)
 
 __all__ = [
     "pack", "unpack", "hamming", "topk", "empty_cache", "build_info", "BackendUnavailable",
     "NestedHashLayer", "NestedCodes", "NHLObjective",
     "mean_average_precision", "precision_at_radius", "precision_recall_curve", "precision_at_k", "recall_at_k",
-    "NestedHammingIndex",
-    "MultiIndexHammingIndex",
+    "NestedHammingIndex", "MultiIndexHammingIndex", "distributed",
 ]
 __version__ = "0.1.0"

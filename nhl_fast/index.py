@@ -59,13 +59,26 @@ class NestedHammingIndex:
         self._codes = self._codes[:0]
         self.ntotal = 0
 
-    def save(self, path: str) -> None:
-        """Write codes + config to a safetensors file (temp file then rename: never a torn file)."""
-        write_codes(path, self.codes, "nhl_fast_index", {"bits": list(self.bits)}, "NestedHammingIndex")
+    def save(self, path: str, *, metadata: Optional[dict] = None) -> None:
+        """Write codes + config to a safetensors file (temp file then rename: never a torn file).
+        metadata: extra JSON-able entries stored with the config (the sharded index records its shard)."""
+        write_codes(path, self.codes, "nhl_fast_index", {**(metadata or {}), "bits": list(self.bits)},
+                    "NestedHammingIndex")
+
+    @staticmethod
+    def read_file(path: str) -> tuple[dict, torch.Tensor]:
+        """(metadata, codes) of a file written by save; ValueError naming the file when it is not one."""
+        meta, codes = read_codes(path, "nhl_fast_index", "NestedHammingIndex")
+        try:
+            _checks.increasing_lengths(meta["bits"], "bits")
+            _checks.packed_codes(codes, "codes", empty_ok=True)
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{path}: not a NestedHammingIndex file ({e})") from None
+        return meta, codes
 
     @classmethod
     def load(cls, path: str, device: str | torch.device = "cpu", backend: Optional[str] = None) -> "NestedHammingIndex":
-        meta, codes = read_codes(path, "nhl_fast_index", "NestedHammingIndex")
+        meta, codes = cls.read_file(path)
         index = cls(meta["bits"], device=device, backend=backend)
         if codes.shape[0]:
             index.add(codes)

@@ -65,6 +65,12 @@ def _prepare(q, db, q_labels, db_labels, bits):
     q, db = _checks.query_and_database(q, db)
     bits = _checks.bit_lengths(bits, q.shape[1])
     _checks.metric_limits(db, bits)
+    ql, dl = prepare_labels(q, db, q_labels, db_labels)
+    return q.contiguous(), db.contiguous(), ql, dl, list(bits)
+
+
+def prepare_labels(q, db, q_labels, db_labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked labels of one kind, in the ops' form (class indices, or multi-hot packed to words)."""
     ql = _labels_of(q_labels, "q_labels", q.shape[0], "q", q.device)
     dl = _labels_of(db_labels, "db_labels", db.shape[0], "db", db.device)
     if ql.dim() != dl.dim():
@@ -72,7 +78,7 @@ def _prepare(q, db, q_labels, db_labels, bits):
                          f"got shapes {tuple(q_labels.shape)} and {tuple(db_labels.shape)}")
     if ql.dim() == 2 and q_labels.shape[1] != db_labels.shape[1]:
         raise ValueError(f"q_labels and db_labels must have the same number of classes, got {q_labels.shape[1]} and {db_labels.shape[1]}")
-    return q.contiguous(), db.contiguous(), ql, dl, list(bits)
+    return ql, dl
 
 
 def _topk(topk, n: int, name: str = "topk") -> Optional[int]:
@@ -141,15 +147,24 @@ def precision_at_radius(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tenso
     """Hash-lookup precision: relevant / retrieved among the items within Hamming `radius` (<=),
     0 for a query that retrieves nothing (the usual P@H<=2 convention). (L,) or (L, Q) float64."""
     q, db, ql, dl, bits = _prepare(q, db, q_labels, db_labels, bits)
+    check_radius(radius)
+    _checks.choice("reduction", reduction, REDUCTIONS)
+    return _reduce(radius_precision(*_histograms(q, db, ql, dl, bits, backend), radius), reduction)
+
+
+def check_radius(radius) -> int:
     if isinstance(radius, bool) or not isinstance(radius, int):
         raise TypeError(f"radius must be an int, got {type(radius).__name__}")
     if radius < 0:
         raise ValueError(f"radius={radius} must be >= 0")
-    _checks.choice("reduction", reduction, REDUCTIONS)
-    tot, rel = _histograms(q, db, ql, dl, bits, backend)
+    return radius
+
+
+def radius_precision(tot: torch.Tensor, rel: torch.Tensor, radius: int) -> torch.Tensor:
+    """(L, Q) precision within Hamming `radius` from the histograms (0 when nothing is retrieved)."""
     r = min(radius, tot.shape[-1] - 1)
     got, good = tot[..., : r + 1].sum(-1).double(), rel[..., : r + 1].sum(-1).double()
-    return _reduce(torch.where(got > 0, good / got.clamp(min=1), 0.0), reduction)
+    return torch.where(got > 0, good / got.clamp(min=1), 0.0)
 
 
 def precision_recall_curve(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Tensor, db_labels: torch.Tensor,
@@ -164,12 +179,17 @@ def precision_recall_curve(q: torch.Tensor, db: torch.Tensor, q_labels: torch.Te
     """
     q, db, ql, dl, bits = _prepare(q, db, q_labels, db_labels, bits)
     _checks.choice("reduction", reduction, REDUCTIONS)
-    tot, rel = _histograms(q, db, ql, dl, bits, backend)
+    precision, recall = radius_curves(*_histograms(q, db, ql, dl, bits, backend))
+    return _reduce(precision, reduction), _reduce(recall, reduction)
+
+
+def radius_curves(tot: torch.Tensor, rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, Q, B) precision and recall of Hamming-ball retrieval at every radius, from the histograms."""
     got, good = tot.cumsum(-1).double(), rel.cumsum(-1).double()
     every = good[..., -1:]
     precision = torch.where(got > 0, good / got.clamp(min=1), 0.0)
     recall = torch.where(every > 0, good / every.clamp(min=1), 0.0)
-    return _reduce(precision, reduction), _reduce(recall, reduction)
+    return precision, recall
 
 
 def _hits_at_k(q, db, q_labels, db_labels, k, bits, ties, backend, want_total: bool):

@@ -160,6 +160,9 @@ class NHLObjective(nn.Module):
         self.last_grad_dots: Optional[Tensor] = None
         self.last_losses: Optional[Tensor] = None
         self.last_distill: Optional[Tensor] = None
+        #: None, or fn(u_list, labels, indices, x) -> the same four over a larger batch: the objective runs on
+        #: what it returns (nhl_fast.distributed.GlobalBatch: every rank's batch, for DDP training)
+        self.global_batch: Optional[Callable] = None
 
     def _full_codes(self, u_list) -> Tensor:
         if not isinstance(u_list, (list, tuple)):
@@ -225,6 +228,9 @@ class NHLObjective(nn.Module):
         return G.detach().transpose(0, 1).reshape(u.shape[0], -1).index_select(1, self._pack_index(u.device))
 
     def forward(self, u_list, labels: Tensor, indices: Optional[Tensor] = None, *, x: Optional[Tensor] = None) -> Tensor:
+        if self.global_batch is not None:
+            self._full_codes(u_list)  # check this rank's codes before any communication
+            u_list, labels, indices, x = self.global_batch(u_list, labels, indices, x)
         u = self._full_codes(u_list)
         k = len(self.bit_list)
         training = torch.is_grad_enabled() and u.requires_grad

@@ -29,9 +29,21 @@ def _fresh_dir(base: str) -> str:
 
 
 def cmd_train(args) -> int:
+    from nhl_fast.app import ddp as data_parallel
+
+    ddp = data_parallel.setup(args.device)  # under torchrun: this rank's context, else None
+    try:
+        return _train(args, ddp)
+    finally:
+        if ddp is not None:
+            ddp.close()
+
+
+def _train(args, ddp) -> int:
     from nhl_fast.app.train import Interrupted, TrainConfig, fit, load_training_data, summary
 
-    reporter = Reporter(quiet=args.quiet)
+    lead = ddp is None or ddp.rank == 0  # the rank that prints and writes
+    reporter = Reporter(quiet=args.quiet or not lead)
     cfg = TrainConfig(data=args.data, split=args.split, image_root=args.image_root, resize=args.resize,
                       crop=args.crop, backbone=args.backbone, weights=args.weights, base_loss=args.base_loss,
                       bits=tuple(args.bits), adaptive=args.adaptive, distill=args.distill, beta=args.beta,
@@ -50,19 +62,28 @@ def cmd_train(args) -> int:
             cfg.epochs = 0  # keep the checkpoint's
     else:
         data = load_training_data(cfg)
-        if cfg.out is None:
-            cfg.out = _fresh_dir(os.path.join("runs", data.name if cfg.data == "digits" else
-                                              os.path.splitext(os.path.basename(os.path.normpath(cfg.data)))[0]))
-        elif os.path.exists(os.path.join(cfg.out, "last.safetensors")) and not args.overwrite:
-            raise FileExistsError(f"--out {cfg.out} already holds a run: continue it with --resume, pass "
-                                  f"--overwrite to replace it, or choose another --out")
+
+        def choose_out():
+            if cfg.out is None:
+                return _fresh_dir(os.path.join("runs", data.name if cfg.data == "digits" else
+                                               os.path.splitext(os.path.basename(os.path.normpath(cfg.data)))[0]))
+            if os.path.exists(os.path.join(cfg.out, "last.safetensors")) and not args.overwrite:
+                raise FileExistsError(f"--out {cfg.out} already holds a run: continue it with --resume, pass "
+                                      f"--overwrite to replace it, or choose another --out")
+            return cfg.out
+
+        cfg.out = choose_out() if ddp is None else ddp.on_rank0(choose_out)  # one run directory for every rank
     t0 = time.perf_counter()
     try:
-        result = fit(cfg, data, reporter=reporter, resume=resume)
+        result = fit(cfg, data, reporter=reporter, resume=resume, ddp=ddp)
     except Interrupted as e:
-        print(f"\ninterrupted: resumable checkpoint saved to {e.path}\n"
-              f"continue with: nhl-fast train --resume {e.path}", file=sys.stderr)
+        if lead:
+            again = "nhl-fast train" if ddp is None else f"torchrun --nproc-per-node {ddp.world} -m nhl_fast train"
+            print(f"\ninterrupted: resumable checkpoint saved to {e.path}\n"
+                  f"continue with: {again} --resume {e.path}", file=sys.stderr)
         return INTERRUPTED
+    if not lead:
+        return 0
     wall = time.perf_counter() - t0
     out = result["config"]["out"]
     print(summary(result))

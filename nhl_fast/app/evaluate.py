@@ -26,36 +26,43 @@ def encode_split(model, split, *, batch_size: int = 256, device="cpu", workers: 
 
 
 def retrieval_metrics(q_codes, db_codes, q_labels, db_labels, bits: Sequence[int], *, topk=None,
-                      ties: str = "index", radius: int = 2, curves: bool = False) -> dict:
-    """mAP (and precision@radius, PR curves when `curves`) per length, all lengths per call."""
+                      ties: str = "index", radius: int = 2, curves: bool = False, lib=nf) -> dict:
+    """mAP (and precision@radius, PR curves when `curves`) per length, all lengths per call.
+    lib: nhl_fast, or nhl_fast.distributed when db_codes is this rank's shard of the database."""
     bits = list(bits)
-    ql, dl = metric_labels(q_labels), metric_labels(db_labels)
+    # class indices only when every row has one label; the ranks' shards keep multi-hot (one kind on every rank)
+    ql, dl = (metric_labels(q_labels), metric_labels(db_labels)) if lib is nf else (q_labels, db_labels)
     out = {"bits": bits, "topk": topk, "ties": ties,
-           "map": [float(v) for v in nf.mean_average_precision(q_codes, db_codes, ql, dl, bits=bits, topk=topk,
+           "map": [float(v) for v in lib.mean_average_precision(q_codes, db_codes, ql, dl, bits=bits, topk=topk,
                                                                ties=ties)]}
     if curves:
         out["radius"] = radius
-        out["precision_at_radius"] = [float(v) for v in nf.precision_at_radius(q_codes, db_codes, ql, dl, bits=bits,
+        out["precision_at_radius"] = [float(v) for v in lib.precision_at_radius(q_codes, db_codes, ql, dl, bits=bits,
                                                                                radius=radius)]
         out["pr_curves"] = {}
-        for b, (p, r) in zip(bits, pr_curve_per_length(q_codes, db_codes, ql, dl, bits)):
+        for b, (p, r) in zip(bits, pr_curve_per_length(q_codes, db_codes, ql, dl, bits, lib)):
             out["pr_curves"][str(b)] = {"precision": [float(v) for v in p], "recall": [float(v) for v in r]}
     return out
 
 
-def pr_curve_per_length(q_codes, db_codes, ql, dl, bits):
+def pr_curve_per_length(q_codes, db_codes, ql, dl, bits, lib=nf):
     """[(precision over radii 0..b, recall over radii 0..b)] per length."""
-    res = nf.precision_recall_curve(q_codes, db_codes, ql, dl, bits=list(bits))
+    res = lib.precision_recall_curve(q_codes, db_codes, ql, dl, bits=list(bits))
     return [(res[0][i][: b + 1], res[1][i][: b + 1]) for i, b in enumerate(bits)]
 
 
 def evaluate_model(model, data: HashingData, bits, *, topk=None, ties="index", device="cpu", batch_size=256,
-                   workers: int = 0, curves: bool = False, radius: int = 2, reporter: Optional[Reporter] = None) -> dict:
+                   workers: int = 0, curves: bool = False, radius: int = 2, reporter: Optional[Reporter] = None,
+                   ddp=None) -> dict:
+    """ddp (nhl_fast.app.ddp.DDPContext): each rank encodes its shard of the database, the metrics are sharded."""
+    if ddp is not None:
+        ddp.broadcast_buffers(model)  # batch-norm statistics: rank 0's, as DDP's next forward would set them
     qc, ql = encode_split(model, data.query, batch_size=batch_size, device=device, workers=workers,
                           reporter=reporter, desc="encode query")
-    dc, dl = encode_split(model, data.database, batch_size=batch_size, device=device, workers=workers,
-                          reporter=reporter, desc="encode database")
-    return retrieval_metrics(qc, dc, ql, dl, bits, topk=topk, ties=ties, radius=radius, curves=curves)
+    dc, dl = encode_split(model, data.database if ddp is None else ddp.shard(data.database), batch_size=batch_size,
+                          device=device, workers=workers, reporter=reporter, desc="encode database")
+    return retrieval_metrics(qc, dc, ql, dl, bits, topk=topk, ties=ties, radius=radius, curves=curves,
+                             lib=nf if ddp is None else nf.distributed)
 
 
 def table(bits: Sequence[int], rows: dict, fmt: str = "{:.4f}", first: str = "") -> str:

@@ -118,13 +118,14 @@ class Interrupted(Exception):
 
 
 def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optional[Reporter] = None,
-        resume: Optional[str] = None, final_curves: bool = True) -> dict:
+        resume: Optional[str] = None, final_curves: bool = True, ddp=None) -> dict:
     """Train (or resume) one model; with cfg.out write checkpoints, metrics.json and plots there.
 
-    Returns the result dict written to metrics.json (final evaluation of the best model included).
+    ddp: a nhl_fast.app.ddp.DDPContext (under torchrun): data-parallel training, sharded evaluation, only
+    rank 0 writes. Returns the result dict written to metrics.json (final evaluation of the best model included).
     """
     reporter = reporter or Reporter()
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if ddp is None else ddp.device
     run = RunState()
     ckpt = None
     if resume:
@@ -143,6 +144,7 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
     objective = make_objective(cfg, data).to(device)
     optimizer = torch.optim.Adam(list(model.parameters()) + list(objective.parameters()), lr=cfg.lr,
                                  weight_decay=cfg.weight_decay)
+    trained = model if ddp is None else ddp.wrap(model, objective)  # DDP: the objective sees the global batch
     if ckpt is not None:
         model.load_state_dict(ckpt.model)
         optimizer.load_state_dict(ckpt.optimizer)
@@ -150,7 +152,7 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
             objective.load_state_dict(ckpt.objective)
         _set_rng_state(gen, ckpt.rng)
         reporter.info(f"resumed from {resume} at epoch {run.epoch}/{cfg.epochs}")
-    out = cfg.out
+    out = cfg.out if ddp is None or ddp.rank == 0 else None  # files: rank 0 only
     if out:
         os.makedirs(out, exist_ok=True)
         atomic_write_json(os.path.join(out, "config.json"), mcfg)
@@ -174,17 +176,19 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
         for epoch in range(run.epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             model.train()
-            n_batches = math.ceil(len(data.train) / cfg.batch_size)
+            n_batches = (math.ceil(len(data.train) / cfg.batch_size) if ddp is None
+                         else ddp.n_batches(data.train, cfg.batch_size))
             loss_sum = torch.zeros((), device=device)
             w_sum = torch.zeros(len(cfg.bits), device=device)
             steps = 0
-            batches = reporter.bar(data.train.batches(cfg.batch_size, shuffle=True, generator=gen, workers=cfg.workers),
-                                   total=n_batches, desc=f"epoch {epoch}", unit="batch")
+            ours = (data.train.batches(cfg.batch_size, shuffle=True, generator=gen, workers=cfg.workers) if ddp is None
+                    else ddp.batches(data.train, cfg.batch_size, epoch=epoch, seed=cfg.seed, workers=cfg.workers))
+            batches = reporter.bar(ours, total=n_batches, desc=f"epoch {epoch}", unit="batch")
             for x, y, idx in batches:
                 x, y, idx = x.to(device, non_blocking=True), y.to(device), idx.to(device)
                 if x.shape[0] < 2:  # batch norm and pairwise losses need two samples
                     continue
-                _, u = model(x)
+                _, u = trained(x)
                 loss = objective(u, y, idx)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -192,6 +196,8 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
                 loss_sum += loss.detach()
                 w_sum += objective.last_weights.detach().to(device)
                 steps += 1
+                if ddp is not None and ddp.stop_requested():  # Ctrl-C on any rank: every rank stops here
+                    raise KeyboardInterrupt
                 if reporter.bars and steps % 10 == 0:  # the only host syncs: for the bar, and only when drawn
                     batches.set_postfix(loss=f"{loss_sum.item() / steps:.4f}",
                                         w=" ".join(f"{v:.2f}" for v in (w_sum / steps).tolist()))
@@ -200,7 +206,7 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
                    "weights": (w_sum / max(steps, 1)).tolist(), "time_s": time.perf_counter() - t0}
             if epoch % eval_every == 0 or epoch == cfg.epochs:
                 res = evaluate_model(model, data, cfg.bits, topk=cfg.topk, ties=cfg.ties, device=device,
-                                     workers=cfg.workers)
+                                     workers=cfg.workers, ddp=ddp)
                 rec["map"] = res["map"]
                 mean_map = sum(res["map"]) / len(res["map"])
                 if mean_map > run.best_map:
@@ -223,12 +229,12 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
     epochs_bar.close()
 
     # Final evaluation of the best model (from this session, or from disk when resumed past the best epoch).
-    if best_state is None and out and os.path.exists(os.path.join(out, "best.safetensors")):
-        best_state = load_checkpoint(os.path.join(out, "best.safetensors")).model
+    if best_state is None and cfg.out and os.path.exists(os.path.join(cfg.out, "best.safetensors")):
+        best_state = load_checkpoint(os.path.join(cfg.out, "best.safetensors")).model
     if best_state is not None:
         model.load_state_dict(best_state)
     final = evaluate_model(model, data, cfg.bits, topk=cfg.topk, ties=cfg.ties, device=device,
-                           curves=final_curves, workers=cfg.workers)
+                           curves=final_curves, workers=cfg.workers, ddp=ddp)
     result = {"config": mcfg, "data": data.describe(), "best_epoch": run.best_epoch, "epochs": run.epoch,
               "train_time_s": run.train_time_s, "final": final, "history": run.history}
     if out:
