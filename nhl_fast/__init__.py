@@ -17,6 +17,7 @@ from nhl_fast.metrics import (
     recall_at_k,
 )
 from nhl_fast.objective import NHLObjective
+from nhl_fast import augment, baselines  # noqa: E402  unsupervised hashing: views, LSH / ITQ (issue 16)
 
 __all__ = [
     "pack", "unpack", "hamming", "topk", "empty_cache", "build_info", "BackendUnavailable",

@@ -66,18 +66,14 @@ class CodeMemory(nn.Module):
         return f"size={self.size}, width={self.width}, warmup_epochs={self.warmup_epochs}"
 
 
-def debiased_logsumexp_negatives(pos: Tensor, neg: Tensor, tau: float, prior: float) -> Tensor:
-    """log(pos + N_g) of Chuang et al. (NeurIPS 2020, debiased contrastive loss), per anchor.
+def debiased_log_denominator(pos: Tensor, neg_exp: Tensor, n: int, tau: float, prior: float) -> Tensor:
+    """log(e(pos) + N_g) of the debiased contrastive loss (Chuang et al., NeurIPS 2020), per anchor.
 
-    pos (A,) and neg (A, N) are cosine similarities; with e(s) = exp(s / tau),
-        N_g = max((sum_j e(neg_j) - N prior e(pos)) / (1 - prior), N exp(-1 / tau)).
-    prior = 0 gives the plain InfoNCE denominator log(e(pos) + sum_j e(neg_j)). Computed
-    shifted by 1 / tau (the largest possible logit), so no exp overflows.
+    pos (...,): the positive's cosine; neg_exp (...,): sum over the n negatives of exp((s_j - 1) / tau)
+    (shifted by the largest possible logit 1 / tau, so nothing overflows). With e(s) = exp(s / tau),
+        N_g = max((sum_j e(s_j) - n prior e(pos)) / (1 - prior), n exp(-1 / tau)).
     """
-    n = neg.shape[-1]
     ep = torch.exp((pos - 1) / tau)
-    en = torch.exp((neg - 1) / tau).sum(-1)
-    if prior > 0:
-        floor = n * torch.exp(torch.tensor(-2.0 / tau, dtype=pos.dtype, device=pos.device))
-        en = torch.maximum((en - n * prior * ep) / (1 - prior), floor)
-    return torch.log(ep + en) + 1 / tau
+    floor = n * torch.exp(torch.tensor(-2.0 / tau, dtype=pos.dtype, device=pos.device))
+    ng = torch.maximum((neg_exp - n * prior * ep) / (1 - prior), floor)
+    return torch.log(ep + ng) + 1 / tau

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from nhl_fast.losses._code_memory import debiased_logsumexp_negatives
+from nhl_fast.losses._code_memory import debiased_log_denominator
 from nhl_fast.losses._common import prefix_gram, prefix_sum
 
 EPS = 1e-12
@@ -49,14 +49,13 @@ def nested_nt_xent(h: Tensor, h_other: Tensor, bit_list: Sequence[int], tau: flo
     n2 = 2 * B
     cos = prefix_cosine(H, H, bit_list)                                  # (K, 2B, 2B)
     rows = torch.arange(n2, device=H.device)
-    partner = (rows + B) % n2
-    pos = cos[:, rows, partner]                                          # (K, 2B)
-    keep = torch.ones(n2, n2, dtype=torch.bool, device=H.device)
-    keep[rows, rows] = False
-    keep[rows, partner] = False
-    neg = cos[:, keep].view(len(bit_list), n2, n2 - 2)
+    pos = cos[:, rows, (rows + B) % n2]                                  # (K, 2B)
+    # every column but the anchor itself: the positive and the 2B - 2 negatives (+ the memory)
+    logits = cos.masked_fill(torch.eye(n2, dtype=torch.bool, device=H.device), float("-inf")) / tau
     if memory is not None and memory.shape[0] > 0:
-        mem = memory.to(H.dtype)
-        neg = torch.cat([neg, prefix_cosine(H, mem, bit_list)], dim=2)
-    lse = debiased_logsumexp_negatives(pos, neg, tau, prior)
-    return (lse - pos / tau).mean(1)
+        logits = torch.cat([logits, prefix_cosine(H, memory.to(H.dtype), bit_list) / tau], dim=2)
+    if prior == 0:
+        return (torch.logsumexp(logits, 2) - pos / tau).mean(1)
+    neg_exp = torch.exp(logits - 1 / tau).sum(2) - torch.exp((pos - 1) / tau)
+    log_den = debiased_log_denominator(pos, neg_exp, logits.shape[2] - 2, tau, prior)
+    return (log_den - pos / tau).mean(1)
