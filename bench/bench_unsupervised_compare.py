@@ -89,8 +89,6 @@ def main():
     bits = (8, 16) if args.quick else BITS
     seeds = list(range(1 if args.quick else args.seeds))
     losses = [s.strip() for s in args.losses.split(",") if s.strip()]
-    if args.quick:
-        losses = [losses[0]]
     data = load_digits_data()
     config = {"data": data.describe(), "bits": list(bits), "seeds": seeds, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads, "losses": losses,
@@ -113,18 +111,26 @@ def main():
                                                                    f"in this checkout"})
             print(f"skipped {loss}: not registered here", flush=True)
             continue
+        if args.quick and tasks:  # a smoke run trains the first registered loss only
+            continue
         tasks += [(loss, m.strip(), s) for s in seeds for m in args.methods.split(",") if m.strip()]
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked OpenMP state
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
-        started = {pool.submit(train_rows, loss, m, s, bits, args): (loss, m, s, time.perf_counter())
-                   for loss, m, s in tasks}
-        for fut in as_completed(started):
-            loss, method, s, t0 = started[fut]
-            new = fut.result()
-            rows += new
-            print(f"{loss:10s} {method:11s} seed {s}: " + " ".join(f"{r['bits']}:{r['map']:.3f}" for r in new)
-                  + f"  ({time.perf_counter() - t0:.0f} s after submission)", flush=True)
-            write_results(name, {"config": config, "rows": rows})  # after every model: partial results survive
+
+    def done(task, new, t0):
+        rows.extend(new)
+        print(f"{task[0]:10s} {task[1]:11s} seed {task[2]}: " + " ".join(f"{r['bits']}:{r['map']:.3f}" for r in new)
+              + f"  ({time.perf_counter() - t0:.0f} s after submission)", flush=True)
+        write_results(name, {"config": config, "rows": rows})  # after every model: partial results survive
+
+    if args.jobs <= 1:
+        for task in tasks:
+            t0 = time.perf_counter()
+            done(task, train_rows(*task, bits, args, data), t0)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked OpenMP state
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+            started = {pool.submit(train_rows, *task, bits, args): (task, time.perf_counter()) for task in tasks}
+            for fut in as_completed(started):
+                done(*started[fut][:1], fut.result(), started[fut][1])
     path = write_results(name, {"config": config, "rows": rows})
     print(f"written {path}")
 

@@ -31,6 +31,15 @@ def _data(x, name: str = "x") -> Tensor:
     return x
 
 
+def _fitted_input(x, model: str, fitted: Optional[Tensor]) -> Tensor:
+    """x as (N, D) for a model fit on D features (`fitted`: its (D, .) matrix, None before fit)."""
+    _checks.ensure(fitted is not None, ValueError, lambda: f"{model}: call fit(x) before encode/project")
+    x = _data(x)
+    _checks.ensure(x.shape[1] == fitted.shape[0], ValueError,
+                   lambda: f"x has {x.shape[1]} features, the model was fit on {fitted.shape[0]}")
+    return x
+
+
 class LSH:
     """Sign random projections: ``LSH(bits, seed).fit(x).encode(x) -> (N, ceil(bits/64))`` int64."""
 
@@ -49,10 +58,7 @@ class LSH:
         return self
 
     def project(self, x: Tensor) -> Tensor:
-        _checks.ensure(self.projection is not None, ValueError, lambda: "LSH: call fit(x) before encode/project")
-        x = _data(x)
-        _checks.ensure(x.shape[1] == self.projection.shape[0], ValueError,
-                       lambda: f"x has {x.shape[1]} features, the model was fit on {self.projection.shape[0]}")
+        x = _fitted_input(x, "LSH", self.projection)
         return (x - self.mean.to(x)) @ self.projection.to(x)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -96,10 +102,7 @@ class ITQ:
         return self
 
     def project(self, x: Tensor) -> Tensor:
-        _checks.ensure(self.rotation is not None, ValueError, lambda: "ITQ: call fit(x) before encode/project")
-        x = _data(x)
-        _checks.ensure(x.shape[1] == self.pca.shape[0], ValueError,
-                       lambda: f"x has {x.shape[1]} features, the model was fit on {self.pca.shape[0]}")
+        x = _fitted_input(x, "ITQ", self.pca)
         return ((x.double() - self.mean) @ self.pca @ self.rotation).to(x.dtype)
 
     def encode(self, x: Tensor) -> Tensor:

@@ -21,17 +21,37 @@ def two_views(seed, n_in=24, batch=10, relax="none", dtype=torch.float64):
     return net, layer, x, x + 0.3 * torch.randn_like(x)
 
 
-def naive_per_length(name, c1, c2, f1, f2, distill, **kw):
-    """O_k = L_k (a single-length loss on the prefixes) + distill * D_k on the 2B stacked codes."""
+def naive_per_length(make, c1, c2, f1, f2, distill):
+    """O_k = L_k (a single-length loss make((b_k,)) on the prefixes) + distill * D_k on the 2B stacked codes."""
     out = []
     for k, b in enumerate(BITS):
-        o = get_loss(name, (b,), **kw)(c1[k], c2[k], z=f1, z_other=f2)[0]
+        o = make((b,))(c1[k], c2[k], z=f1, z_other=f2)[0]
         if distill and k < len(BITS) - 1:
-            s = torch.cat([c1[k], c2[k]])
-            t = torch.cat([c1[k + 1], c2[k + 1]]).detach()
-            o = o + distill * sp_distill(s, t)
+            o = o + distill * sp_distill(torch.cat([c1[k], c2[k]]), torch.cat([c1[k + 1], c2[k + 1]]).detach())
         out.append(o)
     return out
+
+
+def check_against_k_passes(obj, make, relax, beta, distill):
+    """One objective step vs K separate autograd.grad passes: weights, total and every parameter's gradient."""
+    net, layer, x1, x2 = two_views(4, relax=relax)
+    f1, f2 = net(x1), net(x2)
+    loss = obj(layer(f1), u_other=layer(f2), z=f1, z_other=f2)
+    loss.backward()
+    params = (*net.parameters(), *layer.parameters())
+    grads = [p.grad.clone() for p in params]
+
+    net.zero_grad(), layer.zero_grad()
+    f1, f2 = net(x1), net(x2)
+    per_length = naive_per_length(make, layer(f1), layer(f2), f1, f2, distill)
+    want = naive_weights(per_length, layer.weight, BITS, beta)
+    torch.testing.assert_close(obj.last_weights, want, rtol=1e-6, atol=0)
+    naive_total = sum(w * o for w, o in zip(want.tolist(), per_length))
+    torch.testing.assert_close(loss, naive_total)
+    naive_total.backward()
+    for got, ref in zip(grads, params):
+        torch.testing.assert_close(got, ref.grad)
+    return want
 
 
 class Conflicting(UnsupervisedNestedLoss):
@@ -52,40 +72,13 @@ class Conflicting(UnsupervisedNestedLoss):
         return torch.stack(out)
 
 
-def naive_conflicting(c1, c2, f1, f2, distill):
-    out = []
-    for k, b in enumerate(BITS):
-        o = Conflicting((b,))(c1[k], c2[k], z=f1, z_other=f2)[0]
-        if distill and k < len(BITS) - 1:
-            o = o + distill * sp_distill(torch.cat([c1[k], c2[k]]), torch.cat([c1[k + 1], c2[k + 1]]).detach())
-        out.append(o)
-    return out
-
-
 @pytest.mark.parametrize("relax", ["none", "tanh", "sign_ste"])
 @pytest.mark.parametrize("distill", [0.0, 0.1])
 def test_conflicting_lengths_weights_match_k_separate_backward_passes(relax, distill):
-    beta = 0.2
-    net, layer, x1, x2 = two_views(4, relax=relax)
-    obj = nf.NHLObjective(Conflicting(BITS), BITS, beta=beta, distill=distill)
-    f1, f2 = net(x1), net(x2)
-    loss = obj(layer(f1), u_other=layer(f2), z=f1, z_other=f2)
-    loss.backward()
-    params = (*net.parameters(), *layer.parameters())
-    grads = [p.grad.clone() for p in params]
-
-    net.zero_grad(), layer.zero_grad()
-    f1, f2 = net(x1), net(x2)
-    per_length = naive_conflicting(layer(f1), layer(f2), f1, f2, distill)
-    want = naive_weights(per_length, layer.weight, BITS, beta)
-    torch.testing.assert_close(obj.last_weights, want, rtol=1e-6, atol=0)
+    obj = nf.NHLObjective(Conflicting(BITS), BITS, beta=0.2, distill=distill)
+    want = check_against_k_passes(obj, Conflicting, relax, 0.2, distill)
     assert not torch.allclose(want, torch.ones_like(want))  # the lengths conflict: this test can fail
     assert bool(obj.last_conflicts.any())
-    naive_total = sum(w * o for w, o in zip(want.tolist(), per_length))
-    torch.testing.assert_close(loss, naive_total)
-    naive_total.backward()
-    for got, ref in zip(grads, params):
-        torch.testing.assert_close(got, ref.grad)
 
 
 CASES = [("greedyhash", {}, "none"), ("bihalf", {}, "none"), ("cibhash", {"stochastic": False}, "none"),
@@ -95,25 +88,8 @@ CASES = [("greedyhash", {}, "none"), ("bihalf", {}, "none"), ("cibhash", {"stoch
 @pytest.mark.parametrize("name,kw,relax", CASES)
 @pytest.mark.parametrize("distill", [0.0, 0.1])
 def test_registered_losses_weights_match_k_separate_backward_passes(name, kw, relax, distill):
-    beta = 0.05
-    net, layer, x1, x2 = two_views(4, relax=relax)
-    obj = nf.NHLObjective(name, BITS, beta=beta, distill=distill, **kw)
-    f1, f2 = net(x1), net(x2)
-    loss = obj(layer(f1), u_other=layer(f2), z=f1, z_other=f2)
-    loss.backward()
-    params = (*net.parameters(), *layer.parameters())
-    grads = [p.grad.clone() for p in params]
-
-    net.zero_grad(), layer.zero_grad()
-    f1, f2 = net(x1), net(x2)
-    per_length = naive_per_length(name, layer(f1), layer(f2), f1, f2, distill, **kw)
-    want = naive_weights(per_length, layer.weight, BITS, beta)
-    torch.testing.assert_close(obj.last_weights, want, rtol=1e-6, atol=0)
-    naive_total = sum(w * o for w, o in zip(want.tolist(), per_length))
-    torch.testing.assert_close(loss, naive_total)
-    naive_total.backward()
-    for got, ref in zip(grads, params):
-        torch.testing.assert_close(got, ref.grad)
+    obj = nf.NHLObjective(name, BITS, beta=0.05, distill=distill, **kw)
+    check_against_k_passes(obj, lambda bits: get_loss(name, bits, **kw), relax, 0.05, distill)
 
 
 def test_plain_lists_with_inputs_match_nested_codes():

@@ -103,3 +103,35 @@ def test_itq_longer_than_the_input_is_left_out(tmp_path, capsys):
     res = json.loads((out_dir / "compare.json").read_text())
     assert res["methods"]["itq"]["map_mean"][2] is None and res["methods"]["lsh"]["map_mean"][2] is not None
     assert "—" in out
+
+
+def test_bench_unsupervised_compare_quick(tmp_path, monkeypatch):
+    """The benchmark's --quick smoke run, in process, its results redirected to tmp_path."""
+    import importlib.util
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    monkeypatch.syspath_prepend(os.path.join(root, "bench"))
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS", str(tmp_path))
+    spec = importlib.util.spec_from_file_location("bench_unsup_under_test",
+                                                  os.path.join(root, "bench", "bench_unsupervised_compare.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "write_results", _common.write_results)
+    monkeypatch.setattr(sys, "argv", ["bench", "--quick", "--losses", "nope,greedyhash", "--threads", "1"])
+    torch_threads = torch.get_num_threads()
+    try:
+        mod.main()
+    finally:
+        torch.set_num_threads(torch_threads)
+    res = json.loads((tmp_path / "bench_unsupervised_compare_quick.json").read_text())
+    methods = {(r["method"], r["loss"]) for r in res["rows"]}
+    assert ("skipped", "nope") in methods and ("raw_pixels", None) in methods
+    assert {("itq", None), ("lsh", None)} <= methods
+    trained = [r for r in res["rows"] if r["loss"] == "greedyhash"]
+    assert sorted((r["method"], r["bits"]) for r in trained) == [("independent", 8), ("independent", 16),
+                                                                 ("nested", 8), ("nested", 16)]
+    assert all(0 < r["map"] <= 1 for r in trained)
