@@ -197,9 +197,46 @@ def cpu_distributed_projection() -> str:
                   "merge (measured alone)", "local compute (1M codes, here)"], out)
 
 
-TABLES = {"cpu_topk": cpu_topk, "cpu_map": cpu_map, "cpu_train_step": cpu_train_step, "cpu_losses": cpu_losses,
-          "gpu_summary": gpu_summary, "cpu_index": cpu_index, "cpu_index_build": cpu_index_build,
-          "cpu_distributed": cpu_distributed, "cpu_distributed_projection": cpu_distributed_projection}
+def unsupervised_compare() -> str:
+    """mAP@all per length, mean ± std over seeds (count), and train time per seed, of bench_unsupervised_compare."""
+    import statistics
+
+    d = load("bench_unsupervised_compare")
+    bits = d["config"]["bits"]
+    groups, times, raw = {}, {}, None
+    for r in d["rows"]:
+        if r["method"] == "raw_pixels":
+            raw = r["map"]
+        elif r["method"] != "skipped":
+            key = (r["loss"] or "", r["method"] != "nested", r["method"])  # baselines, then nested before independent
+            groups.setdefault(key, {}).setdefault(r["bits"], []).append(r["map"])
+            times.setdefault(key, {}).setdefault(r["seed"], 0.0)
+            times[key][r["seed"]] += r.get("train_time_s", 0.0)
+
+    def cell(xs):
+        if not xs:
+            return "—"
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        return f"{statistics.fmean(xs):.3f} ± {sd:.3f} ({len(xs)})"
+
+    rows = [[f"{k[0]} {k[2]}".strip()] + [cell(groups[k].get(b, [])) for b in bits]
+            + [f"{statistics.fmean(times[k].values()):.1f}"] for k in sorted(groups)]
+    rows.append(["raw pixels, Euclidean"] + [f"{raw:.3f}"] * len(bits) + ["0"])
+    return table(["method"] + [f"{b} bits" for b in bits] + ["fit time / seed (s)"], rows)
+
+
+TABLES = {
+    "cpu_topk": cpu_topk,
+    "cpu_map": cpu_map,
+    "cpu_train_step": cpu_train_step,
+    "cpu_losses": cpu_losses,
+    "gpu_summary": gpu_summary,
+    "cpu_index": cpu_index,
+    "cpu_index_build": cpu_index_build,
+    "cpu_distributed": cpu_distributed,
+    "cpu_distributed_projection": cpu_distributed_projection,
+    "unsupervised_compare": unsupervised_compare,
+}
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 

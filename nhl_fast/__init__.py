@@ -18,6 +18,7 @@ from nhl_fast.metrics import (
     recall_at_k,
 )
 from nhl_fast.objective import NHLObjective
+from nhl_fast import augment, baselines  # noqa: E402  unsupervised hashing: views, LSH / ITQ
 from nhl_fast import distributed  # noqa: E402  (nf.distributed: sharded search and evaluation, DDP helpers)
 
 __all__ = [

@@ -610,6 +610,10 @@ class GlobalBatch:
     def __init__(self, group=None):
         self.group = group
 
+    def rows(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """(collective) every rank's rows of t with their gradient, in rank order; None stays None."""
+        return None if t is None else gather_rows(t, self.group)
+
     def __call__(self, u_list, labels, indices, x=None):
         group = self.group
         u = u_list.full if isinstance(u_list, NestedCodes) else u_list[-1]

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from nhl_fast import _checks
 from nhl_fast._dispatch import dispatch
+from nhl_fast._objective_views import join_views
 from nhl_fast.layers import NestedCodes
 from nhl_fast.losses import NestedLoss, PerLengthLoss, get_loss, multi_hot
 
@@ -123,6 +124,11 @@ class NHLObjective(nn.Module):
     A plain list of nested prefixes also works; with ``adaptive=True`` it then needs
     ``x=`` (the head's input) and is taken as a raw linear head (``relax="none"``).
 
+    Unsupervised base losses (``cibhash``, ``greedyhash``, ``bihalf``, ...: two augmented views, no
+    labels): ``obj(u_list, u_other=u_list_2, z=z1, z_other=z2)`` with both views' codes from the same
+    layer and, for the losses that use them, the latents feeding it. Adaptive weights and
+    distillation see both views as one batch of 2B rows (nhl_fast/_objective_views.py).
+
     After each call: ``last_weights`` (K,), ``last_conflicts`` (K, K) bool (pairs i < j whose
     gradients conflict past tau_i), ``last_grad_dots`` (K, K), ``last_losses`` (K,) and
     ``last_distill`` (K-1,) -- detached tensors, on device (reading them syncs, the step does not).
@@ -180,8 +186,8 @@ class NHLObjective(nn.Module):
             return labels  # the user's callable, the user's label convention
         return multi_hot(labels, self.base.num_classes)
 
-    def _base_losses(self, u: Tensor, labels: Tensor, indices: Optional[Tensor]) -> Tensor:
-        losses = self.base(u, self._labels(labels), indices)
+    def _base_losses(self, u: Tensor, labels: Tensor, indices: Optional[Tensor], views=None) -> Tensor:
+        losses = self.base(u, self._labels(labels), indices) if views is None else views.losses(self.base, u, indices)
         if losses.shape != (len(self.bit_list),):
             raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({len(self.bit_list)},)")
         return losses
@@ -227,10 +233,24 @@ class NHLObjective(nn.Module):
             G = u.new_zeros((k,) + tuple(u.shape))
         return G.detach().transpose(0, 1).reshape(u.shape[0], -1).index_select(1, self._pack_index(u.device))
 
-    def forward(self, u_list, labels: Tensor, indices: Optional[Tensor] = None, *, x: Optional[Tensor] = None) -> Tensor:
+    def forward(self, u_list, labels: Optional[Tensor] = None, indices: Optional[Tensor] = None, *,
+                x: Optional[Tensor] = None, u_other=None, z: Optional[Tensor] = None,
+                z_other: Optional[Tensor] = None, x_other: Optional[Tensor] = None) -> Tensor:
+        views = None
+        unsupervised = getattr(self.base, "unsupervised", False)
+        if not unsupervised and (labels is None or u_other is not None or z is not None or z_other is not None
+                                 or x_other is not None):
+            raise TypeError(f"base loss {self.base.name!r} is supervised: pass labels, not u_other/z/z_other/x_other "
+                            "(those are for the unsupervised losses)")
         if self.global_batch is not None:
             self._full_codes(u_list)  # check this rank's codes before any communication
             u_list, labels, indices, x = self.global_batch(u_list, labels, indices, x)
+            if unsupervised and u_other is not None:  # the second view and the latents travel the same way
+                u_other, _, _, x_other = self.global_batch(u_other, None, None, x_other)
+                z, z_other = self.global_batch.rows(z), self.global_batch.rows(z_other)
+        if unsupervised:  # two views, no labels: one batch of 2B rows (_objective_views)
+            self._full_codes(u_list)
+            u_list, x, views = join_views(u_list, labels, u_other, x, x_other, z, z_other, self.bit_list)
         u = self._full_codes(u_list)
         k = len(self.bit_list)
         training = torch.is_grad_enabled() and u.requires_grad
@@ -245,13 +265,13 @@ class NHLObjective(nn.Module):
                                  "returns, or x= (the input of a raw linear head)")
             inputs = inputs.detach().to(acc)
         u_acc = u.detach().to(acc)
-        closed = training and self.closed_form and hasattr(self.base, "length_grads")
+        closed = training and self.closed_form and hasattr(self.base, "length_grads") and views is None
         if closed:  # no graph through the base loss: values and packed gradients in closed form
             losses, grads = self.base.length_grads(u_acc, self._labels(labels), indices)
             if losses.shape != (k,):
                 raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({k},)")
         else:
-            losses = self._base_losses(u, labels, indices)
+            losses = self._base_losses(u, labels, indices, views)
             grads = self._loss_grads(losses, u).to(acc) if adaptive else None  # autograd over the loss graph
         deriv = relax_derivative(codes, acc) if adaptive and codes is not None else None
         use_distill = self.distill > 0 and k > 1

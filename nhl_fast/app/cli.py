@@ -108,6 +108,25 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
+def _unsupervised_args(p: argparse.ArgumentParser) -> None:
+    from nhl_fast.app.unsupervised import parse_loss_opt
+
+    g = p.add_argument_group("unsupervised (two views, no labels in training)")
+    g.add_argument("--unsupervised", action="store_true",
+                   help="train without labels (they only evaluate): two random views per batch, a loss without "
+                        "labels (--base-loss cibhash, greedyhash, bihalf or sortednce)")
+    g.add_argument("--views", choices=("auto", "image", "features", "none"), default="auto",
+                   help="the random views: image (affine + crop + noise), features (noise + feature dropout), "
+                        "auto (by the data's kind) (default: %(default)s)")
+    g.add_argument("--memory", type=int, default=0,
+                   help="rows of the shared code memory of extra negatives, for the losses that keep one "
+                        "(default: %(default)s, none)")
+    g.add_argument("--warmup-epochs", type=int, default=0,
+                   help="epochs before the code memory is used (default: %(default)s)")
+    g.add_argument("--loss-opt", type=parse_loss_opt, action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the base loss, e.g. temperature=0.2 (repeatable; default: the published ones)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nhl_fast import __version__
 
@@ -135,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue an interrupted run (default: <out>/last.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="allow --out to name a directory holding a run")
+    _unsupervised_args(p)
     _run_args(p, batch_size=64)
 
     p = sub.add_parser("eval", help="mAP, precision@radius and PR curves of a checkpoint")
@@ -161,9 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill", type=float, default=0.1,
                    help="distillation weight of the +distill variants (default: %(default)s)")
     p.add_argument("--seeds", type=positive_int, default=3, help="runs per method (default: %(default)s)")
-    p.add_argument("--methods", default="independent,nhl,nhl+adaptive,nhl+distill,nhl+adaptive+distill",
+    p.add_argument("--methods", default=None,
                    help="comma-separated subset of independent, nhl, nhl+adaptive, nhl+distill, nhl+adaptive+distill "
-                        "(default: all)")
+                        "(default: all), and with --unsupervised the baselines lsh, itq (default then: "
+                        "independent,nhl+adaptive+distill,lsh,itq)")
+    _unsupervised_args(p)
     _eval_args(p)
     p.add_argument("--out", default="runs/compare",
                    help="directory for compare.md / compare.json / plots (default: %(default)s)")

@@ -49,7 +49,8 @@ def _train(args, ddp) -> int:
                       bits=tuple(args.bits), adaptive=args.adaptive, distill=args.distill, beta=args.beta,
                       epochs=args.epochs or 20, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, eval_every=args.eval_every, topk=args.topk, ties=args.ties,
-                      device=args.device, seed=args.seed, workers=args.workers, out=args.out)
+                      device=args.device, seed=args.seed, workers=args.workers, out=args.out,
+                      **unsupervised_options(args))
     resume = None
     if args.resume:
         resume = args.resume
@@ -90,6 +91,14 @@ def _train(args, ddp) -> int:
     print(f"\nbest epoch {result['best_epoch']}/{result['epochs']}, training {result['train_time_s']:.1f} s, "
           f"total {wall:.1f} s; run saved in {out}/ (best.safetensors, metrics.json, *.png)")
     return 0
+
+
+def unsupervised_options(args) -> dict:
+    """The TrainConfig fields of --unsupervised, --views, --memory, --warmup-epochs, --loss-opt."""
+    if args.memory < 0 or args.warmup_epochs < 0:
+        raise ValueError("--memory and --warmup-epochs must be >= 0")
+    return dict(unsupervised=args.unsupervised, views=args.views, memory=args.memory,
+                warmup_epochs=args.warmup_epochs, loss_opts=dict(args.loss_opt))
 
 
 def _checkpoint_data(args, ckpt):
@@ -181,12 +190,14 @@ def cmd_encode(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from nhl_fast.app.compare import METHODS, run_compare
+    from nhl_fast.app.compare import METHODS, UNSUPERVISED_METHODS, run_compare
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    allowed = METHODS + UNSUPERVISED_METHODS[len(METHODS):] if args.unsupervised else METHODS
+    text = args.methods or ("independent,nhl+adaptive+distill,lsh,itq" if args.unsupervised else ",".join(METHODS))
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in allowed]
     if bad or not methods:
-        raise ValueError(f"--methods: unknown {bad or 'empty list'}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"--methods: unknown {bad or 'empty list'}; choose from {', '.join(allowed)}")
     text = run_compare(args, methods, Reporter(quiet=args.quiet))
     print(text)
     return 0

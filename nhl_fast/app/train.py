@@ -49,6 +49,12 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     out: Optional[str] = None
+    # --unsupervised (issue 16): two random views per batch, labels only evaluate (app/unsupervised.py)
+    unsupervised: bool = False
+    views: str = "auto"                     # image | features | none | auto (by the data's kind)
+    memory: int = 0                         # code-memory rows (losses that take memory=), 0: none
+    warmup_epochs: int = 0
+    loss_opts: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -80,8 +86,16 @@ def model_config(cfg: TrainConfig, data: HashingData) -> dict:
 
 
 def make_objective(cfg: TrainConfig, data: HashingData) -> NHLObjective:
-    return NHLObjective(cfg.base_loss, bit_list=tuple(cfg.bits), adaptive=cfg.adaptive, beta=cfg.beta,
-                        distill=cfg.distill, num_classes=data.num_classes, num_train=len(data.train))
+    from nhl_fast.app.unsupervised import check_loss, loss_kwargs
+
+    check_loss(cfg.base_loss, cfg.unsupervised)
+    kwargs = loss_kwargs(cfg) if cfg.unsupervised else dict(num_classes=data.num_classes, num_train=len(data.train),
+                                                            **loss_kwargs(cfg))
+    try:
+        return NHLObjective(cfg.base_loss, bit_list=tuple(cfg.bits), adaptive=cfg.adaptive, beta=cfg.beta,
+                            distill=cfg.distill, **kwargs)
+    except TypeError as e:  # an option this loss does not take
+        raise ValueError(f"--base-loss {cfg.base_loss}: {e} (check --loss-opt / --memory)") from None
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -158,7 +172,8 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
         atomic_write_json(os.path.join(out, "config.json"), mcfg)
     eval_every = cfg.eval_every or max(1, math.ceil(cfg.epochs / 5))
     reporter.info(data.describe() + (f" ({'; '.join(data.notes)})" if data.notes else ""))
-    reporter.info(f"model: {mcfg['backbone']} backbone + NestedHashLayer{tuple(cfg.bits)}, {cfg.base_loss} loss, "
+    reporter.info(f"model: {mcfg['backbone']} backbone + NestedHashLayer{tuple(cfg.bits)}, {cfg.base_loss} loss"
+                  f"{' (unsupervised: two views, labels only evaluate)' if cfg.unsupervised else ''}, "
                   f"adaptive={cfg.adaptive}, distill={cfg.distill}, device={device}")
 
     def save_last(path_name="last.safetensors"):
@@ -170,6 +185,11 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
                         objective_state=objective.state_dict())
         return path
 
+    views = None
+    if cfg.unsupervised:
+        from nhl_fast.app.unsupervised import make_views, two_view_loss
+
+        views = make_views(cfg, data)
     best_state = None
     epochs_bar = reporter.bar(total=cfg.epochs, initial=run.epoch, desc="epochs", unit="ep", leave=True)
     try:
@@ -181,6 +201,8 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
             loss_sum = torch.zeros((), device=device)
             w_sum = torch.zeros(len(cfg.bits), device=device)
             steps = 0
+            if hasattr(objective.base, "set_epoch"):  # the code memory's warm-up counts epochs from 0
+                objective.base.set_epoch(epoch - 1)
             ours = (data.train.batches(cfg.batch_size, shuffle=True, generator=gen, workers=cfg.workers) if ddp is None
                     else ddp.batches(data.train, cfg.batch_size, epoch=epoch, seed=cfg.seed, workers=cfg.workers))
             batches = reporter.bar(ours, total=n_batches, desc=f"epoch {epoch}", unit="batch")
@@ -188,8 +210,11 @@ def fit(cfg: TrainConfig, data: Optional[HashingData] = None, *, reporter: Optio
                 x, y, idx = x.to(device, non_blocking=True), y.to(device), idx.to(device)
                 if x.shape[0] < 2:  # batch norm and pairwise losses need two samples
                     continue
-                _, u = trained(x)
-                loss = objective(u, y, idx)
+                if views is None:
+                    _, u = trained(x)
+                    loss = objective(u, y, idx)
+                else:  # labels unused: two views, z = backbone features
+                    loss = two_view_loss(trained, objective, views, x, idx)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

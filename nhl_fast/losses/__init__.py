@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Optional
 
 from nhl_fast.losses.base import NestedLoss, PerLengthLoss, UnsupervisedNestedLoss, multi_hot
 
@@ -22,8 +23,10 @@ def register(name: str):
     return deco
 
 
-def available() -> list[str]:
-    return sorted(_REGISTRY)
+def available(unsupervised: Optional[bool] = None) -> list[str]:
+    """The registered names; unsupervised=True / False: only the two-view losses / only those with labels."""
+    return sorted(n for n, cls in _REGISTRY.items()
+                  if unsupervised is None or bool(getattr(cls, "unsupervised", False)) == unsupervised)
 
 
 def get_loss(name: str, bit_list, **kwargs) -> NestedLoss:

@@ -76,7 +76,10 @@ class UnsupervisedNestedLoss(NestedLoss):
                     z_other: Optional[Tensor] = None) -> None:
         """The two views must be tensors of one shape (B, b_max), B >= 2; latents, when given, both (B, d)."""
         for name, t in (("u", u), ("u_other", u_other)):
-            _checks.tensor(t, name)
+            _checks.tensor(t, name, "a torch.Tensor of relaxed codes (an unsupervised loss takes two views, no labels)")
+            _checks.ensure(t.dtype.is_floating_point, TypeError,
+                           lambda: f"{name} must be floating relaxed codes, got {t.dtype} (labels? an unsupervised "
+                                   "loss takes the two views' codes and no labels)")
             _checks.ensure(t.dim() == 2 and t.shape[1] >= self.bit_list[-1], ValueError,
                            lambda: f"{name} must be (B, >= {self.bit_list[-1]}) relaxed codes, got {tuple(t.shape)}")
         _checks.ensure(u.shape == u_other.shape, ValueError,
