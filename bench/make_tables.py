@@ -16,6 +16,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import fidelity_tables  # noqa: E402
 RESULTS = os.path.join(HERE, "results")
 README = os.path.join(HERE, "README.md")
 
@@ -116,6 +118,7 @@ def gpu_summary() -> str:
 
 TABLES = {"cpu_topk": cpu_topk, "cpu_map": cpu_map, "cpu_train_step": cpu_train_step, "cpu_losses": cpu_losses,
           "gpu_summary": gpu_summary}
+TABLES.update(fidelity_tables.TABLES)  # bench_fidelity.py's tables (their own file)
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 

@@ -38,6 +38,10 @@ class TrainConfig:
     adaptive: bool = True
     distill: float = 0.1
     beta: float = 1.0
+    centers: Optional[str] = None           # centre losses (csq, dpn, mdsh, shcir): None = the objective's default
+    weight_rule: Optional[str] = None       # adaptive weights: None = the objective's default | bounded | dominance
+    length_scale: str = "mean"              # per-length losses as defined (mean) or times b_k / mean(b) (bits)
+    faithful: bool = False                  # reproduce the reference step's quirks (NHLObjective faithful=True)
     epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
@@ -81,7 +85,9 @@ def model_config(cfg: TrainConfig, data: HashingData) -> dict:
 
 def make_objective(cfg: TrainConfig, data: HashingData) -> NHLObjective:
     return NHLObjective(cfg.base_loss, bit_list=tuple(cfg.bits), adaptive=cfg.adaptive, beta=cfg.beta,
-                        distill=cfg.distill, num_classes=data.num_classes, num_train=len(data.train))
+                        distill=cfg.distill, faithful=cfg.faithful, weight_rule=cfg.weight_rule, centers=cfg.centers,
+                        length_scale=cfg.length_scale,
+                        num_classes=data.num_classes, num_train=len(data.train))
 
 
 def _rng_state(gen: torch.Generator) -> dict:
