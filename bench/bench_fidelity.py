@@ -33,6 +33,7 @@ RECIPES = {
     "nested+adaptive": {"adaptive": True, "distill": 0.0, "weight_rule": "dominance"},
     "nested+adaptive+distill": {"adaptive": True, "distill": 0.1, "weight_rule": "dominance"},
     "nested+bits": {"adaptive": False, "distill": 0.0, "length_scale": "bits"},
+    "nested+sqrt": {"adaptive": False, "distill": 0.0, "length_scale": "sqrt_bits"},
     "nested+bounded": {"adaptive": True, "distill": 0.0, "weight_rule": "bounded"},
     "nested+bounded+distill": {"adaptive": True, "distill": 0.1, "weight_rule": "bounded"},
     "faithful": {"adaptive": True, "distill": 0.1, "faithful": True},   # the reference step, reference centres
@@ -227,7 +228,7 @@ def main():
     if args.device != "cpu":
         raise SystemExit("bench_fidelity runs on the CPU (small models; --jobs processes)")
     args.recipes = args.recipes or (["independent", "nested", "default"] if args.quick else
-                                    [r for r in RECIPES if r != "nested+bounded"])
+                                    [r for r in RECIPES if r not in ("nested+bounded", "nested+sqrt")])
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.epochs = args.epochs or (2 if args.quick else 4)
     if args.quick:

@@ -15,7 +15,10 @@ the anchor a_i,i+1, and w_j = prod_{i<j} a_ij, normalised to sum K. Measured (be
 bounds it: w_j = max(floor, min_{i<j} a_ij) (the worst conflict, not the product of all of them), then
 normalised to mean 1, so no length is ever weighted below ``floor`` / (its share); ``BoundedWeights`` also
 smooths the weights over steps (an exponential moving average, ``momentum``), since one batch's dots are
-noisy estimates.
+noisy estimates. Measured on bench/bench_fidelity.py it equals the dominance rule wherever the lengths do
+not conflict (CSQ with joint centres: weights 1.00) and is better where they do (DPSH with an MLP backbone,
+worst length -0.008 vs -0.015 below the independent heads): NHLObjective's default. It runs on the torch spec
+(about 2x the objective's cost on CPU; the dominance rule is inside the nhl_objective op).
 """
 from __future__ import annotations
 

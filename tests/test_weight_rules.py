@@ -112,17 +112,18 @@ def test_objective_bounded_rule_weights_and_gradient(loss, distill):
 
 
 @pytest.mark.parametrize("loss", ["csq", "dpsh"])
-def test_length_scale_bits_is_the_scaled_sum(loss):
+@pytest.mark.parametrize("scale,power", [("bits", 1.0), ("sqrt_bits", 0.5)])
+def test_length_scale_is_the_scaled_sum(loss, scale, power):
     layer, x, labels = _problem(2)
     kw = dict(adaptive=False, distill=0.0, num_classes=5, num_train=16)
-    obj = nf.NHLObjective(loss, BITS, length_scale="bits", **kw)
+    obj = nf.NHLObjective(loss, BITS, length_scale=scale, **kw)
     plain = nf.NHLObjective(loss, BITS, **kw)
     codes = layer(x)
     total = obj(codes, labels, torch.arange(16))
     gw, = torch.autograd.grad(total, layer.weight)
     codes = layer(x)
     per = plain.base(codes.full, F.one_hot(labels, 5).double(), torch.arange(16))
-    s = torch.tensor(BITS, dtype=torch.float64)
+    s = torch.tensor(BITS, dtype=torch.float64) ** power
     want_total = (s / s.mean() * per).sum()
     want, = torch.autograd.grad(want_total, layer.weight)
     torch.testing.assert_close(total, want_total)
@@ -132,7 +133,7 @@ def test_length_scale_bits_is_the_scaled_sum(loss):
 def test_defaults_and_alternatives():
     obj = nf.NHLObjective("csq", BITS, num_classes=5)
     assert (obj.adaptive, obj.distill, obj.weight_rule, obj.length_scale) == (True, 0.1, "bounded", "mean")
-    assert obj.base.nested  # joint centres
+    assert obj.base.nested and isinstance(obj.rule, BoundedWeights)  # joint centres, the bounded rule
     ref = nf.NHLObjective("csq", BITS, num_classes=5, faithful=True)
     assert ref.weight_rule == "dominance" and ref.rule is None and not ref.base.nested
     dom = nf.NHLObjective("csq", BITS, num_classes=5, weight_rule="dominance")
