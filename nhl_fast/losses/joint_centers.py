@@ -20,15 +20,20 @@ Construction (``joint_centers``):
    normalised distance: the closest pairs dominate). Each sweep visits every row once and takes its best
    flip while any flip lowers E; everything is vectorised over the (K, C, C) prefix distance table.
 
-Measured minimum pairwise prefix distance, bit_list (8, 16, 32, 64, 128), seed 0 (asserted in
-tests/test_joint_centers.py; the bound is ``distance_bound``: min of the Plotkin averaging bound and the
-Hamming sphere-packing bound)::
+Measured minimum pairwise prefix distance, bit_list (8, 16, 32, 64, 128), seed 0 (``min_distance_table``,
+asserted in tests/test_joint_centers.py; the bound is ``distance_bound``: min of the Plotkin averaging bound
+and the Hamming sphere-packing bound)::
 
     C    layout                      8   16   32   64  128
     100  per_length (CSQ, Hadamard)  0    2    6   32   64
     100  nested (greedy)             2    3    6   18   44
-    100  joint                       see JOINT_TABLE below
-    100  upper bound                 2    6   14   32   64
+    100  joint                       2    4   11   26   59
+    100  upper bound                 2    6   16   32   64
+    10   per_length, nested, joint   4    8   16   32   64   (b/2 at every length: Hadamard rows nest)
+
+The trade-off: the 128 words of [H_64; -H_64] meet Plotkin at 64 bits (d = 32) but have only 64 distinct
+32-bit prefixes, so taking 100 of them for d = 32 on 64 bits gives d = 0 at 32; joint trades 6 of 32 at 64
+bits and 5 of 64 at 128 for 11 instead of 6 at 32 bits and 4 instead of 2 at 16.
 """
 from __future__ import annotations
 
