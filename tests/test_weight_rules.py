@@ -157,3 +157,16 @@ def test_defaults_and_alternatives():
     assert (made.weight_rule, made.length_scale, made.base.nested) == ("dominance", "bits", True)
     faithful = make_objective(TrainConfig(faithful=True), D())
     assert faithful.faithful and faithful.weight_rule == "dominance"
+
+
+def test_train_command_options():
+    from nhl_fast.app import cli
+
+    args = cli.build_parser().parse_args(["train"])
+    assert (args.weight_rule, args.centers, args.length_scale, args.faithful) == (None, None, "mean", False)
+    args = cli.build_parser().parse_args(["train", "--weight-rule", "dominance", "--centers", "per_length",
+                                          "--length-scale", "bits", "--faithful"])
+    assert (args.weight_rule, args.centers, args.length_scale, args.faithful) == ("dominance", "per_length", "bits",
+                                                                                True)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--centers", "best"])
