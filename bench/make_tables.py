@@ -16,6 +16,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import fidelity_tables  # noqa: E402
 RESULTS = os.path.join(HERE, "results")
 README = os.path.join(HERE, "README.md")
 
@@ -237,6 +239,7 @@ TABLES = {
     "cpu_distributed_projection": cpu_distributed_projection,
     "unsupervised_compare": unsupervised_compare,
 }
+TABLES.update(fidelity_tables.TABLES)  # bench_fidelity.py's tables (their own file)
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 

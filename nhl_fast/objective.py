@@ -45,6 +45,12 @@ its quirks, for comparison:
      unweighted (added here as a value-neutral surrogate term; the backbone is unaffected).
   3. With distillation on, the final sum zips the K weights with the K-1 distillation
      terms, so the longest length's term w_K O_K is dropped from the final objective.
+Defaults (chosen on bench/bench_fidelity.py, bench/README.md "Fidelity"): centre losses get ``centers="joint"``
+(every prefix separated at once; the reference's per-length centres were what made one nested head lose to K
+independent heads) and the adaptive weights use ``weight_rule="bounded"`` (the paper's product rule collapses
+with a backbone; bounded equals it where lengths agree); distillation 0.1 stays. ``"dominance"``,
+``length_scale="bits"`` (the better trade-off for a backbone on many classes) and equal weights stay options.
+
 The reference also slices the flattened weight gradient with a hard-coded 2048
 (ResNet-50 features); here rows are always in_features wide. (Its RML_E branch for
 "CSQ" also overwrites the CSQ criteria with DBDH ones: a base-loss choice, not reproduced.)
@@ -58,11 +64,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nhl_fast import _checks
+from nhl_fast import _checks, reference
 from nhl_fast._dispatch import dispatch
 from nhl_fast._objective_views import join_views
 from nhl_fast.layers import NestedCodes
 from nhl_fast.losses import NestedLoss, PerLengthLoss, get_loss, multi_hot
+from nhl_fast.weight_rules import WEIGHT_RULES, BoundedWeights
 
 
 def objective_terms(u: Tensor, grads: Optional[Tensor], losses: Tensor, x: Optional[Tensor],
@@ -106,6 +113,30 @@ def relax_derivative(codes: NestedCodes, dtype) -> Optional[Tensor]:
     return None
 
 
+#: the centres a centre loss gets when none are named (faithful=True: "per_length", the reference's);
+#: "joint" (nhl_fast.losses.joint_centers) separates every prefix at once (bench/bench_fidelity.py)
+DEFAULT_CENTERS = "joint"
+#: length_scale -> the power p of the per-length factor b_k^p / mean(b^p)
+LENGTH_SCALES = {"mean": 0.0, "sqrt_bits": 0.5, "bits": 1.0}
+#: the adaptive weight rule when none is named (faithful=True: "dominance", the paper's). On
+#: bench/bench_fidelity.py "bounded" equals dominance wherever the lengths do not conflict (CSQ with joint
+#: centres, feature mode) and is better where they do (DPSH + MLP: worst length -0.008 vs -0.015)
+DEFAULT_WEIGHT_RULE = "bounded"
+
+
+def centers_kwargs(base_loss, centers, faithful: bool) -> dict:
+    """{"centers": ...} for a registered centre loss (the default when None), {} for any other loss."""
+    from nhl_fast.losses._centered import CenteredLoss
+    from nhl_fast.losses import _REGISTRY
+
+    if isinstance(base_loss, str) and isinstance(_REGISTRY.get(base_loss.lower()), type) \
+            and issubclass(_REGISTRY[base_loss.lower()], CenteredLoss):
+        return {"centers": ("per_length" if faithful else DEFAULT_CENTERS) if centers is None else centers}
+    if centers is not None:
+        raise ValueError(f"centers= applies to the centre losses (csq, dpn, mdsh, shcir), not base_loss={base_loss!r}")
+    return {}
+
+
 class NHLObjective(nn.Module):
     """loss = obj(u_list, labels, indices): the NHL objective over every code length.
 
@@ -117,6 +148,15 @@ class NHLObjective(nn.Module):
         beta: the conflict threshold factor (tau_i = beta n_i^2 / (K-1)).
         distill: weight of the long-short cascade distillation (0 turns it off).
         faithful: reproduce the reference code's quirks (see the module docstring).
+        centers: the centres of a centre loss (csq, dpn, mdsh, shcir): None picks ``DEFAULT_CENTERS``
+            (``"per_length"``, the reference's, when ``faithful``); or any value the loss takes.
+        length_scale: ``"mean"`` (each L_k as the loss defines it, the reference), ``"bits"`` (L_k times
+            b_k / mean(b): the longer lengths get more say over the shared bits and the backbone) or
+            ``"sqrt_bits"`` (times sqrt(b_k) / mean(sqrt(b))).
+        weight_rule: with ``adaptive``: None picks ``DEFAULT_WEIGHT_RULE`` (``"dominance"`` when ``faithful``);
+            ``"dominance"`` (the paper's rule, reference.dominance_weights) or ``"bounded"``
+            (nhl_fast.weight_rules: the worst conflict instead of the product, floored at ``weight_floor``,
+            smoothed over steps with ``weight_momentum``).
         **loss_kwargs: passed to the registered loss (e.g. num_classes, num_train).
 
     ``u_list`` is what :class:`~nhl_fast.NestedHashLayer` returns (a :class:`NestedCodes`
@@ -136,9 +176,11 @@ class NHLObjective(nn.Module):
 
     def __init__(self, base_loss: Union[str, NestedLoss, Callable], bit_list: Sequence[int] = (8, 16, 32, 64, 128),
                  adaptive: bool = True, beta: float = 1.0, distill: float = 0.1, faithful: bool = False,
-                 **loss_kwargs):
+                 weight_rule: Optional[str] = None, weight_floor: float = 0.5, weight_momentum: float = 0.9,
+                 centers=None, length_scale: str = "mean", **loss_kwargs):
         super().__init__()
         self.bit_list = _checks.increasing_lengths(bit_list, "bit_list")
+        loss_kwargs.update(centers_kwargs(base_loss, centers, faithful))
         if isinstance(base_loss, str):
             self.base = get_loss(base_loss, self.bit_list, **loss_kwargs)
         elif isinstance(base_loss, NestedLoss):
@@ -156,6 +198,22 @@ class NHLObjective(nn.Module):
         if not (isinstance(distill, (int, float)) and distill >= 0):
             raise ValueError(f"distill must be a number >= 0, got {distill!r}")
         self.adaptive, self.beta, self.distill, self.faithful = bool(adaptive), float(beta), float(distill), bool(faithful)
+        # weight rules beyond the op's dominance rule (nhl_fast.weight_rules): run on the torch spec
+        weight_rule = ("dominance" if faithful else DEFAULT_WEIGHT_RULE) if weight_rule is None else weight_rule
+        if weight_rule not in WEIGHT_RULES:
+            raise ValueError(f"weight_rule must be one of {WEIGHT_RULES}, got {weight_rule!r}")
+        if faithful and weight_rule != "dominance":
+            raise ValueError(f"faithful=True reproduces the reference's dominance rule; weight_rule={weight_rule!r} "
+                             "cannot be faithful")
+        self.weight_rule = weight_rule
+        if length_scale not in LENGTH_SCALES:
+            raise ValueError(f"length_scale must be one of {tuple(LENGTH_SCALES)}, got {length_scale!r}")
+        if faithful and length_scale != "mean":
+            raise ValueError("faithful=True reproduces the reference's per-length losses; length_scale must be 'mean'")
+        self.length_scale = length_scale
+        scale = torch.tensor(self.bit_list, dtype=torch.float64) ** LENGTH_SCALES[length_scale]
+        self.register_buffer("_scale", scale / scale.mean() if length_scale != "mean" else None, persistent=False)
+        self.rule = BoundedWeights(beta, weight_floor, weight_momentum) if weight_rule == "bounded" else None
         self._batched_grad = True
         #: use the base loss's closed-form per-length gradients (``length_grads``, e.g. CSQ) when it
         #: has them; False forces the generic autograd path (any loss goes through it)
@@ -270,14 +328,23 @@ class NHLObjective(nn.Module):
             losses, grads = self.base.length_grads(u_acc, self._labels(labels), indices)
             if losses.shape != (k,):
                 raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({k},)")
+            if self._scale is not None:  # length_scale="bits": each length's values and gradients times s_k
+                s_k = self._scale.to(losses.dtype)
+                losses = losses * s_k
+                grads = grads * torch.repeat_interleave(s_k, torch.tensor(self.bit_list, device=s_k.device))
         else:
             losses = self._base_losses(u, labels, indices, views)
+            if self._scale is not None:
+                losses = losses * self._scale.to(losses.dtype)
             grads = self._loss_grads(losses, u).to(acc) if adaptive else None  # autograd over the loss graph
         deriv = relax_derivative(codes, acc) if adaptive and codes is not None else None
         use_distill = self.distill > 0 and k > 1
-        total, grad_u, weights, conflicts, dots, dist = objective_terms(
-            u_acc, grads, losses.detach().to(acc), inputs, deriv, self.bit_list, self.beta,
-            self.distill if use_distill else 0.0, self.faithful, closed)
+        args = (u_acc, grads, losses.detach().to(acc), inputs, deriv, self.bit_list, self.beta,
+                self.distill if use_distill else 0.0, self.faithful, closed)
+        if adaptive and self.rule is not None:
+            total, grad_u, weights, conflicts, dots, dist = reference.nhl_objective(*args, weight_rule=self.rule)
+        else:
+            total, grad_u, weights, conflicts, dots, dist = objective_terms(*args)
         self._record(last_losses=losses.detach(), last_distill=dist, last_weights=weights,
                      last_conflicts=conflicts if adaptive else None, last_grad_dots=dots if adaptive else None)
         if not closed:  # the base losses' gradients flow through their own graph

@@ -292,7 +292,7 @@ def dominance_weights(dots: torch.Tensor, beta: float, faithful: bool = False):
 
 
 def nhl_objective(u: torch.Tensor, grads, losses: torch.Tensor, x, relax_deriv, bits: Sequence[int],
-                  beta: float, distill: float, faithful: bool, closed_form: bool):
+                  beta: float, distill: float, faithful: bool, closed_form: bool, *, weight_rule=None):
     """(total, grad_u (B, b_max), weights (K,), conflicts (K, K) bool, dots (K, K), dist (K-1,)).
 
     u (B, b_max) the codes (no graph); grads (B, sum b_k) or None: the base losses' dL_k/du[:, :b_k] side by
@@ -302,6 +302,8 @@ def nhl_objective(u: torch.Tensor, grads, losses: torch.Tensor, x, relax_deriv, 
     (all 1 without x or grads). final = weights, with the longest length's dropped in faithful mode with
     distillation (the reference's zip). total = sum_k final_k (L_k if closed_form) + final_k distill D_k;
     grad_u = d total / du with the weights held constant (dL_k/du taken from grads).
+    weight_rule: None (dominance_weights, the op), or a callable dots -> (weights, conflicts)
+    (nhl_fast.weight_rules; Python only, not part of the op's schema).
     """
     k = len(bits)
     batch, b_max = u.shape
@@ -322,7 +324,7 @@ def nhl_objective(u: torch.Tensor, grads, losses: torch.Tensor, x, relax_deriv, 
         for i, (lo, b) in enumerate(zip((0,) + tuple(itertools.accumulate(bits)), bits)):
             g[i, :b] = gz[:, lo:lo + b].T @ x
         dots = g.reshape(k, -1) @ g.reshape(k, -1).T
-        weights, conflicts = dominance_weights(dots, beta, faithful)
+        weights, conflicts = dominance_weights(dots, beta, faithful) if weight_rule is None else weight_rule(dots)
     final = weights.clone()
     if faithful and adaptive and use_distill:
         final[-1] = 0

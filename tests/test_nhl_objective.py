@@ -194,7 +194,7 @@ def test_objective_cpp_and_torch_paths_agree(monkeypatch, relax):
         monkeypatch.setenv("NHL_BACKEND", backend)
         torch.manual_seed(1)
         layer = nf.NestedHashLayer(40, bits, relax=relax, dtype=torch.float64, backend="cpp")
-        obj = nf.NHLObjective("csq", bits, beta=0.05, distill=0.1, num_classes=4).double()
+        obj = nf.NHLObjective("csq", bits, beta=0.05, weight_rule="dominance", distill=0.1, num_classes=4).double()
         loss = obj(layer(x), labels)
         loss.backward()
         results.append((loss.detach(), obj.last_distill, obj.last_weights, obj.last_grad_dots, layer.weight.grad.clone(),

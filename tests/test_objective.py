@@ -86,7 +86,7 @@ def test_adaptive_weights_match_k_separate_backward_passes(relax, distill, seed)
     net, layer, x, labels, idx = make_problem(seed, relax=relax)
     fn = alternating_center_loss(BITS, seed)
     beta = 0.2
-    obj = nf.NHLObjective(fn, BITS, beta=beta, distill=distill)
+    obj = nf.NHLObjective(fn, BITS, beta=beta, weight_rule="dominance", distill=distill)
     loss = obj(layer(net(x)), labels, idx)
     loss.backward()
     grads = [p.grad.clone() for p in (*net.parameters(), *layer.parameters())]
@@ -110,7 +110,7 @@ def test_adaptive_weights_direct_path_for_large_batches():
     # B > sum(b_k) takes the g_k = G_k^T X branch instead of the B x B Gram
     net, layer, x, labels, idx = make_problem(1, n_in=6, batch=sum(BITS) + 3)
     fn = alternating_center_loss(BITS, 1)
-    obj = nf.NHLObjective(fn, BITS, beta=0.5, distill=0.1)
+    obj = nf.NHLObjective(fn, BITS, beta=0.5, weight_rule="dominance", distill=0.1)
     obj(layer(net(x)), labels, idx)
     want = naive_weights(naive_per_length(layer(net(x)), fn, labels, idx, 0.1), layer.weight, BITS, 0.5)
     torch.testing.assert_close(obj.last_weights, want, rtol=1e-6, atol=0)
@@ -128,7 +128,8 @@ def test_batched_grad_falls_back_when_vmap_cannot_batch():
 
     fn = alternating_center_loss(BITS, 0)
     net, layer, x, labels, idx = make_problem(0)
-    obj = nf.NHLObjective(lambda u, y, i: fn(NoVmap.apply(u), y, i), BITS, beta=0.5, distill=0.1)
+    obj = nf.NHLObjective(lambda u, y, i: fn(NoVmap.apply(u), y, i), BITS, beta=0.5, distill=0.1,
+                          weight_rule="dominance")
     with pytest.warns(RuntimeWarning, match=r"4 separate backward passes.*") as record:  # says so, once
         obj(layer(net(x)), labels, idx)
         obj(layer(net(x)), labels, idx)
@@ -154,7 +155,8 @@ def test_out_of_memory_in_the_batched_grads_propagates():
 
     fn = alternating_center_loss(BITS, 0)
     net, layer, x, labels, idx = make_problem(0)
-    obj = nf.NHLObjective(lambda u, y, i: fn(OutOfMemory.apply(u), y, i), BITS, beta=0.5, distill=0.1)
+    obj = nf.NHLObjective(lambda u, y, i: fn(OutOfMemory.apply(u), y, i), BITS, beta=0.5, distill=0.1,
+                          weight_rule="dominance")
     with pytest.raises(torch.OutOfMemoryError, match="out of memory"):
         obj(layer(net(x)), labels, idx)
     assert obj._batched_grad is True
@@ -174,7 +176,7 @@ def test_plain_list_with_input_matches_nested_codes():
     # a reference-style head (K separate matmuls) + x= gives the same weights as the fused layer
     net, layer, x, labels, idx = make_problem(0)
     fn = alternating_center_loss(BITS, 0)
-    obj = nf.NHLObjective(fn, BITS, beta=0.5, distill=0.1)
+    obj = nf.NHLObjective(fn, BITS, beta=0.5, weight_rule="dominance", distill=0.1)
     obj(layer(net(x)), labels, idx)
     fused = obj.last_weights
     feat = net(x)
@@ -272,7 +274,7 @@ def test_faithful_mode_matches_literal_reference_step(distill):
         torch.testing.assert_close(ours.grad, ref.grad)
     # and the corrected (default) objective is a different step on the same data
     layer.zero_grad()
-    corrected = nf.NHLObjective(fn, bits, beta=1.0, distill=distill)
+    corrected = nf.NHLObjective(fn, bits, beta=1.0, weight_rule="dominance", distill=distill)
     corrected(layer(ours_net(x)), labels, idx).backward()
     assert not torch.allclose(corrected.last_weights, obj.last_weights, rtol=1e-3)
     assert not torch.allclose(layer.weight.grad, head.hash_layer.weight.grad, rtol=1e-3)
@@ -281,7 +283,7 @@ def test_faithful_mode_matches_literal_reference_step(distill):
 def test_whole_step_under_torch_compile():
     net, layer, x, labels, idx = make_problem(0, dtype=torch.float32)
     fn = alternating_center_loss(BITS, 0)
-    obj = nf.NHLObjective(fn, BITS, beta=0.5, distill=0.1)
+    obj = nf.NHLObjective(fn, BITS, beta=0.5, weight_rule="dominance", distill=0.1)
     params = [*net.parameters(), *layer.parameters()]
 
     def step():
@@ -304,7 +306,7 @@ def test_whole_step_under_torch_compile():
 
 def test_objective_call_under_torch_compile_matches_eager():
     net, layer, x, labels, idx = make_problem(1, dtype=torch.float32)
-    obj = nf.NHLObjective(alternating_center_loss(BITS, 1), BITS, beta=0.5, distill=0.1)
+    obj = nf.NHLObjective(alternating_center_loss(BITS, 1), BITS, beta=0.5, weight_rule="dominance", distill=0.1)
     codes = layer(net(x))
     want = obj(codes, labels, idx)
     w_eager = obj.last_weights
@@ -346,7 +348,7 @@ def test_bad_arguments():
 
 def test_no_grad_evaluation_keeps_plain_sum():
     net, layer, x, labels, idx = make_problem(0)
-    obj = nf.NHLObjective(alternating_center_loss(BITS, 0), BITS, distill=0.1)
+    obj = nf.NHLObjective(alternating_center_loss(BITS, 0), BITS, weight_rule="dominance", distill=0.1)
     with torch.no_grad():
         loss = obj(layer(net(x)), labels, idx)
     want = sum(naive_per_length(layer(net(x)), alternating_center_loss(BITS, 0), labels, idx, 0.1))
@@ -358,8 +360,9 @@ def test_no_grad_evaluation_keeps_plain_sum():
 def test_registered_losses_weights_match_k_separate_backward_passes(name, faithful):
     beta, k = 0.01, len(BITS)
     net, layer, x, labels, idx = make_problem(2)
-    obj = nf.NHLObjective(name, BITS, beta=beta, distill=0.1, faithful=faithful,
-                          num_classes=N_CLASS, num_train=64).double()
+    centers = {"centers": "per_length"} if name == "csq" else {}  # the reference's centres conflict (joint: not)
+    obj = nf.NHLObjective(name, BITS, beta=beta, weight_rule="dominance", distill=0.1, faithful=faithful,
+                          num_classes=N_CLASS, num_train=64, **centers).double()
     obj(layer(net(x)), labels, idx + 7)
     codes = layer(net(x))
     base = obj.base(codes.full, labels, idx + 7)  # a bank loss rewrites the same rows: same state
@@ -387,7 +390,7 @@ def test_registered_losses_weights_match_k_separate_backward_passes(name, faithf
 
 def test_step_under_cpu_autocast():
     net, layer, x, labels, idx = make_problem(1, dtype=torch.float32, relax="tanh")
-    obj = nf.NHLObjective("csq", BITS, distill=0.1, num_classes=N_CLASS)
+    obj = nf.NHLObjective("csq", BITS, weight_rule="dominance", distill=0.1, num_classes=N_CLASS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         codes = layer(net(x))
         loss = obj(codes, labels, idx)
@@ -396,7 +399,7 @@ def test_step_under_cpu_autocast():
     assert obj.last_weights.dtype == torch.float32 and torch.isfinite(obj.last_weights).all()
     assert torch.isfinite(layer.weight.grad).all() and layer.weight.grad.abs().sum() > 0
     # the weights agree with the float32 step up to bf16 rounding
-    ref = nf.NHLObjective("csq", BITS, distill=0.1, num_classes=N_CLASS)
+    ref = nf.NHLObjective("csq", BITS, weight_rule="dominance", distill=0.1, num_classes=N_CLASS)
     ref(layer(net(x)), labels, idx)
     torch.testing.assert_close(obj.last_weights, ref.last_weights, rtol=0.1, atol=0.05)
 
@@ -421,7 +424,8 @@ def test_closed_form_csq_grads_match_autograd(centers, relax):
         lo += b
     results = []
     for closed in (True, False):
-        obj = nf.NHLObjective("csq", BITS, beta=0.01, distill=0.1, num_classes=N_CLASS, centers=centers).double()
+        obj = nf.NHLObjective("csq", BITS, beta=0.01, weight_rule="dominance", distill=0.1, num_classes=N_CLASS,
+                              centers=centers).double()
         obj.closed_form = closed
         net.zero_grad()
         layer.zero_grad()

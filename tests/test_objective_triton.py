@@ -217,7 +217,8 @@ def objective_step(bits, device, relax, centers, faithful, loss="csq", compile_=
     # the layer's own ops stay on the spec: only the objective's ops change with NHL_BACKEND
     layer = nf.NestedHashLayer(12, bits, relax=relax, backend="torch", dtype=torch.float64).to(device)
     kw = dict(centers=centers) if loss == "csq" else dict(num_train=10)
-    obj = nf.NHLObjective(loss, bits, beta=0.05, distill=0.1, faithful=faithful, num_classes=4, **kw).double()
+    obj = nf.NHLObjective(loss, bits, beta=0.05, weight_rule="dominance", distill=0.1, faithful=faithful,
+                          num_classes=4, **kw).double()
     obj = obj.to(device)
     fn = torch.compile(obj, fullgraph=True, backend="aot_eager") if compile_ else obj
     loss_value = fn(layer(x), labels, torch.arange(10, device=device))

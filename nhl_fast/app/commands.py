@@ -47,6 +47,8 @@ def _train(args, ddp) -> int:
     cfg = TrainConfig(data=args.data, split=args.split, image_root=args.image_root, resize=args.resize,
                       crop=args.crop, backbone=args.backbone, weights=args.weights, base_loss=args.base_loss,
                       bits=tuple(args.bits), adaptive=args.adaptive, distill=args.distill, beta=args.beta,
+                      weight_rule=args.weight_rule, centers=args.centers, length_scale=args.length_scale,
+                      faithful=args.faithful,
                       epochs=args.epochs or 20, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, eval_every=args.eval_every, topk=args.topk, ties=args.ties,
                       device=args.device, seed=args.seed, workers=args.workers, out=args.out,

@@ -38,6 +38,10 @@ class TrainConfig:
     adaptive: bool = True
     distill: float = 0.1
     beta: float = 1.0
+    centers: Optional[str] = None           # centre losses (csq, dpn, mdsh, shcir): None = the objective's default
+    weight_rule: Optional[str] = None       # adaptive weights: None = the objective's default | bounded | dominance
+    length_scale: str = "mean"              # per-length losses as defined (mean) or times b_k / mean(b) (bits)
+    faithful: bool = False                  # reproduce the reference step's quirks (NHLObjective faithful=True)
     epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
@@ -93,7 +97,8 @@ def make_objective(cfg: TrainConfig, data: HashingData) -> NHLObjective:
                                                             **loss_kwargs(cfg))
     try:
         return NHLObjective(cfg.base_loss, bit_list=tuple(cfg.bits), adaptive=cfg.adaptive, beta=cfg.beta,
-                            distill=cfg.distill, **kwargs)
+                            distill=cfg.distill, faithful=cfg.faithful, weight_rule=cfg.weight_rule,
+                            centers=cfg.centers, length_scale=cfg.length_scale, **kwargs)
     except TypeError as e:  # an option this loss does not take
         raise ValueError(f"--base-loss {cfg.base_loss}: {e} (check --loss-opt / --memory)") from None
 

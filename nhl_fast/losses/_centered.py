@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from nhl_fast.losses import centers as _c
+from nhl_fast.losses import joint_centers as _jc
 from nhl_fast.losses._common import HashLoss, prefix_gram, prefix_sum
 
-CENTER_MODES = ("per_length", "nested")
+CENTER_MODES = ("per_length", "nested", "joint")
 
 
 class CenteredLoss(HashLoss):
@@ -31,8 +32,10 @@ class CenteredLoss(HashLoss):
         if isinstance(centers, str):
             if centers not in CENTER_MODES:
                 raise ValueError(f"centers must be one of {CENTER_MODES} or a tensor, got {centers!r}")
-            self.nested = centers == "nested"
-            if self.nested:
+            self.nested = centers in ("nested", "joint")
+            if centers == "joint":  # every prefix separated jointly (joint_centers; its own seeded generator)
+                table = _jc.joint_centers(C, bits, seed)
+            elif self.nested:
                 table = _c.nested_centers(C, bits, gen)
             else:
                 table = torch.cat(_c.per_length_centers(C, bits, gen, self.center_method, p), 1)
@@ -49,7 +52,8 @@ class CenteredLoss(HashLoss):
                 raise ValueError(f"centers list must hold K tensors of shapes {want}")
             table = torch.cat([t.detach().float().sign() for t in centers], 1)
         else:
-            raise TypeError("centers must be 'per_length', 'nested', a (C, b_max) tensor or a list of (C, b_k) tensors")
+            raise TypeError("centers must be 'per_length', 'nested', 'joint', a (C, b_max) tensor or a list of "
+                            "(C, b_k) tensors")
         if (table == 0).any():
             raise ValueError("centers must be +-1 valued (no zeros)")
         if self.nested:

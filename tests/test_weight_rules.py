@@ -1,0 +1,172 @@
+"""The bounded weight rule and the per-length loss scale: against naive float64 math and autograd, and the
+objective's defaults (centres, weight rule) with every alternative still selectable."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nhl_fast as nf
+from nhl_fast import reference
+from nhl_fast.app.reference_head import sp_distill
+from nhl_fast.app.train import TrainConfig, make_objective
+from nhl_fast.weight_rules import BoundedWeights, bounded_weights
+
+BITS = (4, 8, 13, 30)
+
+
+def naive_bounded(dots, beta, floor):
+    k = len(dots)
+    w = [1.0]
+    for j in range(1, k):
+        worst = 1.0
+        for i in range(j):
+            tau = beta * dots[i][i] / (k - 1)
+            if dots[i][j] < -tau:
+                worst = min(worst, tau / -dots[i][j])
+        w.append(max(floor, worst))
+    return [k * v / sum(w) for v in w]
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("floor", [0.05, 0.5, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bounded_weights_match_naive_math(k, floor, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(k, 6, generator=g, dtype=torch.float64)
+    a[1:] -= 2 * a[0]  # longer lengths pulling against the first: conflicts of every size
+    dots = a @ a.T
+    w, conflicts = bounded_weights(dots, 0.7, floor)
+    torch.testing.assert_close(w, torch.tensor(naive_bounded(dots.tolist(), 0.7, floor), dtype=torch.float64))
+    for i in range(k):
+        for j in range(k):
+            assert bool(conflicts[i, j]) == (i < j and dots[i, j].item() < -0.7 * dots[i, i].item() / (k - 1))
+    assert conflicts.any()
+    assert w.sum().item() == pytest.approx(k) and (w >= k * floor / (1 + (k - 1)) - 1e-12).all()
+
+
+def test_bounded_weights_never_collapse_where_dominance_does():
+    # the backbone regime of the issue: the first length's gradient is small and every other conflicts with it
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    a[0] *= 0.01
+    a[1:] -= 5 * a[0] / 0.01 * 0.05
+    dots = a @ a.T
+    dom, _ = reference.dominance_weights(dots, 1.0)
+    bnd, _ = bounded_weights(dots, 1.0, 0.5)
+    assert dom.max() / dom.min() > 10  # the product compounds
+    assert bnd.max() / bnd.min() <= 2 + 1e-9  # floor 0.5: at most 2 : 1
+
+
+def test_bounded_weights_module_smooths_over_steps():
+    rule = BoundedWeights(beta=1.0, floor=0.2, momentum=0.75)
+    g = torch.Generator().manual_seed(2)
+    ema = None
+    for _ in range(4):
+        a = torch.randn(3, 5, generator=g, dtype=torch.float64)
+        a[1:] -= 3 * a[0]
+        dots = a @ a.T
+        w, _ = rule(dots)
+        raw = torch.tensor(naive_bounded(dots.tolist(), 1.0, 0.2), dtype=torch.float64)
+        ema = raw if ema is None else 0.75 * ema + 0.25 * raw
+        torch.testing.assert_close(w, ema)
+    rule.eval()  # evaluation: this step's weights, no update
+    w, _ = rule(dots)
+    torch.testing.assert_close(w, raw)
+    torch.testing.assert_close(rule.ema, ema)
+    for kw, msg in (({"floor": 0.0}, "weight_floor"), ({"momentum": 1.0}, "weight_momentum")):
+        with pytest.raises(ValueError, match=msg):
+            BoundedWeights(**kw)
+
+
+def _problem(seed=0, relax="tanh"):
+    torch.manual_seed(seed)
+    layer = nf.NestedHashLayer(12, BITS, relax=relax, dtype=torch.float64)
+    x = torch.randn(16, 12, dtype=torch.float64)
+    labels = torch.randint(0, 5, (16,))
+    return layer, x, labels
+
+
+@pytest.mark.parametrize("loss", ["csq", "dpsh"])
+@pytest.mark.parametrize("distill", [0.0, 0.2])
+def test_objective_bounded_rule_weights_and_gradient(loss, distill):
+    """weights = the bounded rule of the recorded dots (momentum 0); the head's gradient = that of
+    sum_k w_k (L_k + distill D_k) with w held constant (autograd over the naive per-length sum)."""
+    layer, x, labels = _problem(1)
+    obj = nf.NHLObjective(loss, BITS, weight_rule="bounded", weight_floor=0.3, weight_momentum=0.0,
+                          distill=distill, num_classes=5, num_train=16, centers="per_length" if loss == "csq" else None)
+    codes = layer(x)
+    total = obj(codes, labels, torch.arange(16))
+    w = obj.last_weights
+    torch.testing.assert_close(w, bounded_weights(obj.last_grad_dots, 1.0, 0.3)[0])
+    gw, = torch.autograd.grad(total, layer.weight)
+    layer.zero_grad()
+    codes = layer(x)
+    ref = nf.NHLObjective(loss, BITS, adaptive=False, distill=0.0, num_classes=5, num_train=16,
+                          centers="per_length" if loss == "csq" else None)
+    per = ref.base(codes.full, F.one_hot(labels, 5).double(), torch.arange(16))
+    naive = (w * per).sum()
+    if distill:  # the long-short cascade, teacher detached
+        naive = naive + distill * sum(w[k] * sp_distill(codes[k], codes[k + 1].detach())
+                                      for k in range(len(BITS) - 1))
+    want, = torch.autograd.grad(naive, layer.weight)
+    torch.testing.assert_close(gw, want)
+
+
+@pytest.mark.parametrize("loss", ["csq", "dpsh"])
+@pytest.mark.parametrize("scale,power", [("bits", 1.0), ("sqrt_bits", 0.5)])
+def test_length_scale_is_the_scaled_sum(loss, scale, power):
+    layer, x, labels = _problem(2)
+    kw = dict(adaptive=False, distill=0.0, num_classes=5, num_train=16)
+    obj = nf.NHLObjective(loss, BITS, length_scale=scale, **kw)
+    plain = nf.NHLObjective(loss, BITS, **kw)
+    codes = layer(x)
+    total = obj(codes, labels, torch.arange(16))
+    gw, = torch.autograd.grad(total, layer.weight)
+    codes = layer(x)
+    per = plain.base(codes.full, F.one_hot(labels, 5).double(), torch.arange(16))
+    s = torch.tensor(BITS, dtype=torch.float64) ** power
+    want_total = (s / s.mean() * per).sum()
+    want, = torch.autograd.grad(want_total, layer.weight)
+    torch.testing.assert_close(total, want_total)
+    torch.testing.assert_close(gw, want)
+
+
+def test_defaults_and_alternatives():
+    obj = nf.NHLObjective("csq", BITS, num_classes=5)
+    assert (obj.adaptive, obj.distill, obj.weight_rule, obj.length_scale) == (True, 0.1, "bounded", "mean")
+    assert obj.base.nested and isinstance(obj.rule, BoundedWeights)  # joint centres, the bounded rule
+    ref = nf.NHLObjective("csq", BITS, num_classes=5, faithful=True)
+    assert ref.weight_rule == "dominance" and ref.rule is None and not ref.base.nested
+    dom = nf.NHLObjective("csq", BITS, num_classes=5, weight_rule="dominance")
+    assert dom.rule is None
+    with pytest.raises(ValueError, match="weight_rule must be one of"):
+        nf.NHLObjective("csq", BITS, num_classes=5, weight_rule="pcgrad")
+    with pytest.raises(ValueError, match="cannot be faithful"):
+        nf.NHLObjective("csq", BITS, num_classes=5, faithful=True, weight_rule="bounded")
+    with pytest.raises(ValueError, match="length_scale"):
+        nf.NHLObjective("csq", BITS, num_classes=5, length_scale="sum")
+    with pytest.raises(ValueError, match="length_scale must be 'mean'"):
+        nf.NHLObjective("csq", BITS, num_classes=5, faithful=True, length_scale="bits")
+
+    class D:
+        num_classes, train = 5, range(10)
+
+    cfg = TrainConfig()
+    assert (cfg.adaptive, cfg.distill, cfg.weight_rule, cfg.centers, cfg.length_scale, cfg.faithful) == \
+        (True, 0.1, None, None, "mean", False)
+    made = make_objective(TrainConfig(weight_rule="dominance", centers="nested", length_scale="bits"), D())
+    assert (made.weight_rule, made.length_scale, made.base.nested) == ("dominance", "bits", True)
+    faithful = make_objective(TrainConfig(faithful=True), D())
+    assert faithful.faithful and faithful.weight_rule == "dominance"
+
+
+def test_train_command_options():
+    from nhl_fast.app import cli
+
+    args = cli.build_parser().parse_args(["train"])
+    assert (args.weight_rule, args.centers, args.length_scale, args.faithful) == (None, None, "mean", False)
+    args = cli.build_parser().parse_args(["train", "--weight-rule", "dominance", "--centers", "per_length",
+                                          "--length-scale", "bits", "--faithful"])
+    assert (args.weight_rule, args.centers, args.length_scale, args.faithful) == ("dominance", "per_length", "bits",
+                                                                                True)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", "--centers", "best"])
