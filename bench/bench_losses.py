@@ -19,7 +19,7 @@ CENTERED = ("csq", "dpn", "mdsh", "shcir")
 
 
 def variants():
-    out = [(name, {}) for name in L.available()]
+    out = [(name, {}) for name in L.available() if not getattr(L._REGISTRY[name], "unsupervised", False)]  # labels
     out += [(name, {"centers": "nested"}) for name in CENTERED]
     return out
 
