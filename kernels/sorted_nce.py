@@ -46,6 +46,18 @@ def _candidate_ranks(d_ptr, row, B, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr
 
 
 @triton.jit
+def _anchor_setup(d_ptr, its_ptr, mt_ptr, B, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr):
+    """This program's (length k, anchor i): its distance row's index, 1/tau_s, candidate ranks and mt[i, :]."""
+    k = tl.program_id(0)
+    i = tl.program_id(1)
+    row = k.to(tl.int64) * B + i
+    inv_ts = tl.load(its_ptr + k)
+    offs_j, mj, d_j, rank = _candidate_ranks(d_ptr, row, B, BLOCK_B, BLOCK_R)
+    mrow = tl.load(mt_ptr + i.to(tl.int64) * B + offs_j, mask=mj, other=0.0)
+    return i, row, inv_ts, offs_j, mj, d_j, rank, mrow
+
+
+@triton.jit
 def _rank_tile(d_j, offs_j, mj, rank, r0, B, inv_ts, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr):
     """Ranks r0..r0+BLOCK_R: (offs, mask, one-hot rank->candidate, q_r, j*(r), SoftSort rows Pt, their sums)."""
     offs_r = r0 + tl.arange(0, BLOCK_R)
@@ -81,12 +93,7 @@ def _sorted_nce_rows_kernel(d_ptr, its_ptr, mt_ptr, gz_ptr, dot_ptr, n2_ptr, js_
                             ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr,
                             BLOCK_J: tl.constexpr):
     """Per (length k, anchor i), every rank r: <e_r, a_i>, |e_r|^2 and j*(r), into (K, B, B) buffers."""
-    k = tl.program_id(0)
-    i = tl.program_id(1)
-    row = k.to(tl.int64) * B + i
-    inv_ts = tl.load(its_ptr + k)
-    offs_j, mj, d_j, rank = _candidate_ranks(d_ptr, row, B, BLOCK_B, BLOCK_R)
-    mrow = tl.load(mt_ptr + i.to(tl.int64) * B + offs_j, mask=mj, other=0.0)
+    i, row, inv_ts, offs_j, mj, d_j, rank, mrow = _anchor_setup(d_ptr, its_ptr, mt_ptr, B, BLOCK_B, BLOCK_R)
     for r0 in range(0, B, BLOCK_R):
         offs_r, mr, hit, q, jstar, pt, total = _rank_tile(d_j, offs_j, mj, rank, r0, B, inv_ts, BLOCK_B, BLOCK_R)
         if HARD:

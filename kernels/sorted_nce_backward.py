@@ -21,7 +21,7 @@ import triton.language as tl
 from nhl_fast.kernels import on_tensor_device
 
 from ._projection_common import acc_and_precision
-from .sorted_nce import (BLOCK_J, BLOCK_R, EPS, _candidate_ranks, _rank_tile, _soft_gram_rows, check_args, prepare,
+from .sorted_nce import (BLOCK_J, BLOCK_R, EPS, _anchor_setup, _rank_tile, _soft_gram_rows, check_args, prepare,
                          rank_logits, rank_terms)
 
 
@@ -29,12 +29,7 @@ from .sorted_nce import (BLOCK_J, BLOCK_R, EPS, _candidate_ranks, _rank_tile, _s
 def _sorted_nce_back_kernel(d_ptr, its_ptr, mt_ptr, gz_ptr, al_ptr, be_ptr, dd_ptr, c_ptr, h_ptr, B,
                             HARD: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
                             BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
-    k = tl.program_id(0)
-    i = tl.program_id(1)
-    row = k.to(tl.int64) * B + i
-    inv_ts = tl.load(its_ptr + k)
-    offs_j, mj, d_j, rank = _candidate_ranks(d_ptr, row, B, BLOCK_B, BLOCK_R)
-    mrow = tl.load(mt_ptr + i.to(tl.int64) * B + offs_j, mask=mj, other=0.0)
+    i, row, inv_ts, offs_j, mj, d_j, rank, mrow = _anchor_setup(d_ptr, its_ptr, mt_ptr, B, BLOCK_B, BLOCK_R)
     dd = tl.zeros([BLOCK_B], dtype=ACC)
     crow = tl.zeros([BLOCK_B], dtype=ACC)
     for r0 in range(0, B, BLOCK_R):
