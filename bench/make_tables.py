@@ -227,6 +227,25 @@ def unsupervised_compare() -> str:
     return table(["method"] + [f"{b} bits" for b in bits] + ["fit time / seed (s)"], rows)
 
 
+def cpu_unsupervised() -> str:
+    """bench_unsupervised.py: the fused sorted_nce op vs the materialised reference, per configuration."""
+    by = {}
+    for r in load("bench_unsupervised")["rows"]:
+        by.setdefault((r["hard"], r["batch"], r["d"], len(r["bits"])), {})[r["impl"]] = r
+    rows = []
+    for (hard, batch, d, n_len), pair in sorted(by.items(), key=lambda kv: (not kv[0][0], kv[0][1:])):
+        f, m = pair["fused"], pair["materialised"]
+        if "skipped" in m:
+            mat = [f"not run (~{m['materialised_estimate_gib']:.1f} GiB)", "", "", ""]
+        else:
+            mat = [f"{m['time_ms']:,.1f} ms", f"{m['time_ms'] / f['time_ms']:.1f}x", f"{m['peak_mib']:,.1f} MiB",
+                   f"{m['peak_mib'] / max(f['peak_mib'], 1e-3):.0f}x"]
+        rows.append(["hard" if hard else "soft", batch, d, n_len, f"{f['time_ms']:,.1f} ms", mat[0], mat[1],
+                     f"{f['peak_mib']:,.2f} MiB", mat[2], mat[3]])
+    return table(["SoftSort", "B", "d", "K", "fused", "materialised", "speed-up", "fused peak", "materialised peak",
+                  "memory ratio"], rows)
+
+
 TABLES = {
     "cpu_topk": cpu_topk,
     "cpu_map": cpu_map,
@@ -238,6 +257,7 @@ TABLES = {
     "cpu_distributed": cpu_distributed,
     "cpu_distributed_projection": cpu_distributed_projection,
     "unsupervised_compare": unsupervised_compare,
+    "cpu_unsupervised": cpu_unsupervised,
 }
 TABLES.update(fidelity_tables.TABLES)  # bench_fidelity.py's tables (their own file)
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- end table -->)", re.S)

@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -172,6 +173,32 @@ inline std::vector<int64_t> check_codes(const char* op, const at::Tensor& u, at:
   std::vector<int64_t> offset(bits.size() + 1, 0);
   for (size_t k = 0; k < bits.size(); ++k) offset[k + 1] = offset[k] + bits[k];
   return offset;
+}
+
+// ------------------------------------------------------------------ unsupervised: sorted_nce, sorted_nce_backward
+
+// u, v (B, b_max) relaxed codes of one shape (bits ending at b_max), z, z_anchor (B, d) latents, all one float
+// dtype; B >= 2, m positives in [1, B - 1], tau > 0, one SoftSort temperature > 0 per length.
+inline void check_sorted_nce(const char* op, const at::Tensor& u, const at::Tensor& v, const at::Tensor& z,
+                             const at::Tensor& z_anchor, at::IntArrayRef bits, int64_t m, double tau,
+                             at::ArrayRef<double> sort_tau) {
+  check_codes(op, u, bits);
+  check_same_dtype(op, "v", v, "u", u);
+  check_shape(op, "v", v, u.sizes());
+  check_dim(op, "z", z, 2, "(B, d)");
+  check_same_dtype(op, "z", z, "u", u);
+  TORCH_CHECK_VALUE(z.size(0) == u.size(0) && z.size(1) >= 1, op, ": z must be (B, d) with B = ", u.size(0),
+                    " (u's rows) and d >= 1, got ", z.sizes());
+  check_same_dtype(op, "z_anchor", z_anchor, "u", u);
+  check_shape(op, "z_anchor", z_anchor, z.sizes());
+  TORCH_CHECK_VALUE(u.size(0) >= 2, op, ": needs a batch of B >= 2 samples, got B = ", u.size(0));
+  TORCH_CHECK_VALUE(m >= 1 && m < u.size(0), op, ": m=", m, " positives must be in [1, B - 1] = [1, ", u.size(0) - 1,
+                    "]");
+  TORCH_CHECK_VALUE(tau > 0 && tau < INFINITY, op, ": tau=", tau, " must be a finite number > 0");
+  TORCH_CHECK_VALUE(sort_tau.size() == bits.size(), op, ": sort_tau must have one value per length (",
+                    bits.size(), "), got ", sort_tau.size());
+  for (double t : sort_tau)
+    TORCH_CHECK_VALUE(t > 0 && t < INFINITY, op, ": sort_tau=", sort_tau, " must be finite numbers > 0");
 }
 
 }  // namespace nhl

@@ -36,6 +36,13 @@ TORCH_LIBRARY(nhl_fast, m) {
   // the objective's whole forward: (total, d total/du, weights, conflicts, dots, distill) (csrc/cpu/nhl_objective_cpu.cpp)
   m.def("nhl_objective(Tensor u, Tensor? grads, Tensor losses, Tensor? x, Tensor? relax_deriv, int[] bits, "
         "float beta, float distill, bool faithful, bool closed_form) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // --- unsupervised: fused SoftSort + SortedNCE of every length (NSH), and its recomputing backward ---
+  // losses (K,); backward: (du, dv, dz, dz_anchor) (csrc/cpu/sorted_nce_cpu.cpp, sorted_nce_backward_cpu.cpp)
+  m.def("sorted_nce(Tensor u, Tensor v, Tensor z, Tensor z_anchor, int[] bits, int m, float tau, float[] sort_tau, "
+        "bool hard) -> Tensor");
+  m.def("sorted_nce_backward(Tensor grad, Tensor u, Tensor v, Tensor z, Tensor z_anchor, int[] bits, int m, "
+        "float tau, float[] sort_tau, bool hard) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -65,6 +65,10 @@ OPS: dict[str, dict] = {
     "cascade_distill": _row("cascade_distill", None, "cascade_distill_triton", reference.cascade_distill),
     "nhl_objective": _row("nhl_objective", None, "nhl_objective_triton", reference.nhl_objective),
     "csq_grads": _row("csq_grads", None, "csq_grads_triton", reference.csq_grads),
+    # unsupervised (losses/sortednce.py): fused SoftSort + SortedNCE and its recomputing backward
+    "sorted_nce": _row("sorted_nce", None, "sorted_nce_triton", reference.sorted_nce),
+    "sorted_nce_backward": _row("sorted_nce_backward", None, "sorted_nce_backward_triton",
+                                reference.sorted_nce_backward),
 }
 
 # Ops whose Triton form runs as its raw launcher in eager mode (no custom-op dispatch per call: they run every

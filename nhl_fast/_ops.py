@@ -34,6 +34,10 @@ TRITON_SCHEMAS = {
     "nhl_objective": "(Tensor u, Tensor? grads, Tensor losses, Tensor? x, Tensor? relax_deriv, int[] bits, "
                      "float beta, float distill, bool faithful, bool closed_form) "
                      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "sorted_nce": "(Tensor u, Tensor v, Tensor z, Tensor z_anchor, int[] bits, int m, float tau, float[] sort_tau, "
+                  "bool hard) -> Tensor",
+    "sorted_nce_backward": "(Tensor grad, Tensor u, Tensor v, Tensor z, Tensor z_anchor, int[] bits, int m, "
+                           "float tau, float[] sort_tau, bool hard) -> (Tensor, Tensor, Tensor, Tensor)",
 }
 
 
@@ -184,6 +188,38 @@ def _csq_grads_fake(u: Tensor, labels: Tensor, centers: Tensor, tie: Tensor, bit
     return u.new_empty((len(bits),)), u.new_empty((batch, total))
 
 
+# ---------------------------------------------------------------- unsupervised: sorted_nce, sorted_nce_backward
+
+
+def _sorted_nce_fake(u: Tensor, v: Tensor, z: Tensor, z_anchor: Tensor, bits: list[int], m: int, tau: float,
+                     sort_tau: list[float], hard: bool) -> Tensor:
+    bits = C.sorted_nce_args(u, v, z, z_anchor, bits, m, tau, sort_tau, "sorted_nce")
+    return u.new_empty((len(bits),))
+
+
+def _sorted_nce_backward_fake(grad: Tensor, u: Tensor, v: Tensor, z: Tensor, z_anchor: Tensor, bits: list[int],
+                              m: int, tau: float, sort_tau: list[float], hard: bool):
+    op = "sorted_nce_backward"
+    bits = C.sorted_nce_args(u, v, z, z_anchor, bits, m, tau, sort_tau, op)
+    C.shaped(grad, "grad", (len(bits),), u.dtype, op, like="u")
+    return u.new_empty(u.shape), v.new_empty(v.shape), z.new_empty(z.shape), z_anchor.new_empty(z_anchor.shape)
+
+
+def _sorted_nce_setup(ctx, inputs, output) -> None:
+    u, v, z, z_anchor, *args = inputs
+    ctx.args = args  # bits, m, tau, sort_tau, hard: the backward recomputes everything else
+    ctx.save_for_backward(u, v, z, z_anchor)
+
+
+def _sorted_nce_backward_of(backward_op: str):
+    """The autograd formula of a sorted_nce form: its own backward op (the C++ one, or the Triton twin's)."""
+    def backward(ctx, grad):
+        du, dv, dz, da = getattr(torch.ops.nhl_fast, backward_op)(grad.contiguous(), *ctx.saved_tensors, *ctx.args)
+        return du, dv, dz, da, None, None, None, None, None
+
+    return backward
+
+
 # ---------------------------------------------------------------- registration
 
 FAKES = {
@@ -191,6 +227,7 @@ FAKES = {
     "nested_projection": _nested_projection_fake, "project_and_pack": _project_and_pack_fake,
     "distance_histogram": _distance_histogram_fake, "index_ap": _index_ap_fake, "tie_ap": _tie_ap_fake,
     "cascade_distill": _cascade_distill_fake, "nhl_objective": _nhl_objective_fake, "csq_grads": _csq_grads_fake,
+    "sorted_nce": _sorted_nce_fake, "sorted_nce_backward": _sorted_nce_backward_fake,
 }
 _AUTOGRAD = {"nested_projection": (_nested_projection_backward, _nested_projection_setup)}
 
@@ -212,3 +249,8 @@ for _name, _row in OPS.items():  # every op of the table: its fake (and autograd
         torch.library.register_fake(_form)(FAKES[_name])
         if _name in _AUTOGRAD:
             torch.library.register_autograd(_form, _AUTOGRAD[_name][0], setup_context=_AUTOGRAD[_name][1])
+
+# sorted_nce: each form differentiates through its own backward op (registered above, with its fake)
+for _form in ([OPS["sorted_nce"]["cpp"]] if _EXT is not None else []) + [OPS["sorted_nce"]["triton"]]:
+    torch.library.register_autograd(f"nhl_fast::{_form}", _sorted_nce_backward_of(_form.replace("sorted_nce",
+                                    "sorted_nce_backward", 1)), setup_context=_sorted_nce_setup)

@@ -368,3 +368,49 @@ def csq_grads(u: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, tie:
         parts.append(dx / e.numel())
         lo += b
     return torch.stack(losses), torch.cat(parts, 1)
+
+
+# --- unsupervised: soft sort + SortedNCE (ops sorted_nce, sorted_nce_backward) ---
+
+
+def sorted_nce(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, z_anchor: torch.Tensor, bits: Sequence[int],
+               m: int, tau: float, sort_tau: Sequence[float], hard: bool) -> torch.Tensor:
+    """(K,) SortedNCE of every code length, with the (B, B, B) soft permutations and the (B, B, d) sorted
+    latents materialised (the form the fused kernels are tested against; NSH, Yu et al. IJCAI 2022).
+
+    Per length k (b = bits[k], tau_s = sort_tau[k]) and anchor i:
+      D_ij = (b - <u_i, v_j>_b) / (2b)                  relaxed Hamming distance of the first b columns, in [0, 1]
+      q = sort(D_i) ascending (stable), logits L_rj = -|q_r - D_ij| / tau_s, Pt_r = softmax_j(L_r)   (SoftSort)
+      P = Pt (soft) or onehot(argmax_j L_rj, first index) + Pt - sg(Pt) (hard, straight-through)
+      e_r = sum_j P_rj z_j,  c_r = <e_r, a_i> / (max(|e_r|, eps) max(|a_i|, eps)),  a = z_anchor, eps = 1e-8
+      l_i = (1/m) sum_{r<m} -log( exp(c_r/tau) / (exp(c_r/tau) + sum_{r'>=m} exp(c_r'/tau)) )
+    L_k = mean_i l_i: the m nearest ranks are the positives, every later rank a negative of each.
+    """
+    eps = 1e-8
+    out = []
+    for b, ts in zip(bits, sort_tau):
+        dist = (b - u[:, :b] @ v[:, :b].T) / (2 * b)                      # (B, B)
+        q = torch.sort(dist, dim=1, stable=True).values                    # (B, B) ascending
+        logits = -(q.unsqueeze(2) - dist.unsqueeze(1)).abs() / ts          # (B, B_rank, B_cand)
+        p = logits.softmax(-1)
+        if hard:
+            one = torch.zeros_like(p).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+            p = one + p - p.detach()
+        e = torch.einsum("irj,jd->ird", p, z)                              # (B, B, d) sorted latents
+        ne = torch.linalg.vector_norm(e, dim=2).clamp_min(eps)
+        na = torch.linalg.vector_norm(z_anchor, dim=1).clamp_min(eps)
+        c = torch.einsum("ird,id->ir", e, z_anchor) / (ne * na[:, None]) / tau
+        neg = torch.logsumexp(c[:, m:], dim=1, keepdim=True)               # (B, 1)
+        pos = c[:, :m]
+        out.append((torch.logaddexp(pos, neg) - pos).mean())
+    return torch.stack(out)
+
+
+def sorted_nce_backward(grad: torch.Tensor, u: torch.Tensor, v: torch.Tensor, z: torch.Tensor,
+                        z_anchor: torch.Tensor, bits: Sequence[int], m: int, tau: float, sort_tau: Sequence[float],
+                        hard: bool):
+    """(du, dv, dz, dz_anchor): the vector-Jacobian product of sorted_nce with grad (K,), by autograd."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in (u, v, z, z_anchor)]
+        loss = sorted_nce(*leaves, bits, m, tau, sort_tau, hard)
+        return tuple(torch.autograd.grad(loss, leaves, grad))

@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_EXT = not not_supported_reasons("cpp", torch.device("cpu"))
 needs_ext = pytest.mark.skipif(not HAS_EXT, reason="the C++ extension is not built")
 EXPECTED_OPS = {"pack", "unpack", "hamming", "topk", "nested_projection", "project_and_pack", "distance_histogram",
-                "index_ap", "tie_ap", "cascade_distill", "nhl_objective", "csq_grads"}
+                "index_ap", "tie_ap", "cascade_distill", "nhl_objective", "csq_grads", "sorted_nce",
+                "sorted_nce_backward"}
 
 
 def fresh_python(code: str) -> str:
@@ -62,6 +63,11 @@ def samples():
         "nhl_objective": ((u, grads, losses, xin, None, bits, 1.0, 0.1, False, True),
                           (u, grads, losses[:2], xin, None, bits, 1.0, 0.1, False, True), ValueError),
         "csq_grads": ((u, labels, centers, tie, bits, 1e-4), (u, labels, centers, tie[1:], bits, 1e-4), ValueError),
+        "sorted_nce": ((u, u.flip(0), xin, xin.flip(0), bits, 2, 0.1, [0.5, 1.0, 2.0], False),
+                       (u, u.flip(0), xin, xin.flip(0), bits, 5, 0.1, [0.5, 1.0, 2.0], False), ValueError),
+        "sorted_nce_backward": ((losses, u, u.flip(0), xin, xin.flip(0), bits, 2, 0.1, [0.5, 1.0, 2.0], True),
+                                (losses, u, u.flip(0), xin, xin.flip(0), bits, 2, 0.1, [0.5, 1.0], True),
+                                ValueError),
     }
 
 

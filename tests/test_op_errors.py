@@ -159,6 +159,36 @@ CASES += [
 ]
 
 
+def _snce(t, u="u", v="u", z="x", za="x", bits=BITS, m=2, tau=0.1, sort_tau=(8.0, 16.0, 32.0), grad=None):
+    """sorted_nce's arguments (sorted_nce_backward's with grad: a (K,) tensor, or a key of t)."""
+    pick = lambda w: t[w] if isinstance(w, str) else w  # noqa: E731
+    args = (pick(u), pick(v), pick(z), pick(za), bits, m, tau, list(sort_tau), True)
+    return args if grad is None else (pick(grad),) + args
+
+
+CASES += [
+    # --- sorted_nce(u, v, z, z_anchor, bits, m, tau, sort_tau, hard) and its backward (grad first)
+    ("sorted_nce", lambda t: _snce(t, u=t["u"].float()), TypeError, "v must have u's dtype"),
+    ("sorted_nce", lambda t: _snce(t, z=t["x"].float(), za=t["x"].float()), TypeError, "z must have u's dtype"),
+    ("sorted_nce", lambda t: _snce(t, za=t["x"].float()), TypeError, "z_anchor must have u's dtype"),
+    ("sorted_nce", lambda t: _snce(t, u=t["u"].long(), v=t["u"].long()), TypeError, "u must be float32 or float64"),
+    ("sorted_nce", lambda t: _snce(t, v=t["u"][1:]), ValueError, "v must have shape"),
+    ("sorted_nce", lambda t: _snce(t, z=t["x"][1:], za=t["x"][1:]), ValueError, "z must be"),
+    ("sorted_nce", lambda t: _snce(t, za=t["x"][:, 1:]), ValueError, "z_anchor must have shape"),
+    ("sorted_nce", lambda t: _snce(t, bits=[8, 16]), ValueError, "bits=.* must end at u's width"),
+    ("sorted_nce", lambda t: _snce(t, m=6), ValueError, r"m=6 positives must be in \[1, B - 1\]"),
+    ("sorted_nce", lambda t: _snce(t, m=0), ValueError, "m=0"),
+    ("sorted_nce", lambda t: _snce(t, tau=0.0), ValueError, "tau=0"),
+    ("sorted_nce", lambda t: _snce(t, sort_tau=(1.0, 1.0)), ValueError, "sort_tau must have one value per length"),
+    ("sorted_nce", lambda t: _snce(t, sort_tau=(1.0, -1.0, 1.0)), ValueError, "sort_tau=.* must be finite"),
+    ("sorted_nce", lambda t: _snce(t, u=t["u"][:1], v=t["u"][:1], z=t["x"][:1], za=t["x"][:1], m=1),
+     ValueError, "B >= 2"),
+    ("sorted_nce_backward", lambda t: _snce(t, grad=t["losses"].float()), TypeError, "grad must have u's dtype"),
+    ("sorted_nce_backward", lambda t: _snce(t, grad=t["losses"][1:]), ValueError, "grad must have shape"),
+    ("sorted_nce_backward", lambda t: _snce(t, grad="losses", m=6), ValueError, "m=6"),
+]
+
+
 def _ids():
     seen = {}
     for op, _, exc, _ in CASES:

@@ -1,0 +1,260 @@
+"""The fused soft-sort + SortedNCE op (sorted_nce, sorted_nce_backward) and the `sortednce` loss: values and
+gradients against a naive float64 loop and the materialised reference, on the C++ and Triton paths."""
+import math
+
+import pytest
+import torch
+
+import nhl_fast  # noqa: F401  (registers the ops)
+from nhl_fast import reference
+from nhl_fast._dispatch import not_supported_reasons
+from nhl_fast.losses import get_loss
+
+HAS_EXT = not not_supported_reasons("cpp", torch.device("cpu"))
+HAS_TRITON = not not_supported_reasons("triton", torch.device("cpu"))
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason="the C++ extension is not built")
+OPS = ["sorted_nce"] + (["sorted_nce_triton"] if HAS_TRITON else [])
+KERNELS = [pytest.param(name, marks=needs_ext) for name in OPS]
+
+
+def op(name):
+    return getattr(torch.ops.nhl_fast, name)
+
+
+def make(batch, d, b_max, seed=0, dtype=torch.float64, signs=False):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, b_max, generator=g, dtype=dtype)
+    v = torch.randn(batch, b_max, generator=g, dtype=dtype)
+    u, v = (u.sign(), v.sign()) if signs else (u.tanh(), v.tanh())
+    z = torch.randn(batch, d, generator=g, dtype=dtype)
+    a = torch.randn(batch, d, generator=g, dtype=dtype)
+    return u, v, z, a
+
+
+def naive(u, v, z, a, bits, m, tau, sort_tau, hard):
+    """SortedNCE by explicit loops over lengths, anchors, ranks and candidates (autograd through scalars)."""
+    eps, batch, out = 1e-8, u.shape[0], []
+    for b, ts in zip(bits, sort_tau):
+        total = 0.0
+        for i in range(batch):
+            d = [(b - (u[i, :b] * v[j, :b]).sum()) / (2 * b) for j in range(batch)]
+            order = sorted(range(batch), key=lambda j: (d[j].item(), j))
+            cos = []
+            for r in range(batch):
+                q = d[order[r]]
+                p = torch.softmax(torch.stack([-(q - d[j]).abs() / ts for j in range(batch)]), 0)
+                if hard:
+                    first = min(j for j in range(batch) if d[j].item() == q.item())
+                    p = torch.nn.functional.one_hot(torch.tensor(first), batch).to(p) + p - p.detach()
+                e = sum(p[j] * z[j] for j in range(batch))
+                cos.append((e * a[i]).sum() / (e.norm().clamp_min(eps) * a[i].norm().clamp_min(eps)))
+            negatives = sum(torch.exp(cos[r] / tau) for r in range(m, batch))
+            total = total + sum(-torch.log(torch.exp(cos[r] / tau) / (torch.exp(cos[r] / tau) + negatives))
+                                for r in range(m)) / m
+        out.append(total / batch)
+    return torch.stack(out)
+
+
+def grads(fn, tensors, weights):
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    value = fn(*leaves)
+    return value.detach(), torch.autograd.grad((value * weights).sum(), leaves)
+
+
+def assert_close(got, want, rtol, atol):
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_reference_equals_a_naive_loop(hard):
+    u, v, z, a = make(5, 3, 13, seed=1)
+    args = ([5, 13], 2, 0.2, [0.1, 0.4], hard)
+    weights = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    want, want_g = grads(lambda *t: naive(*t, *args), (u, v, z, a), weights)
+    got, got_g = grads(lambda *t: reference.sorted_nce(*t, *args), (u, v, z, a), weights)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert_close(got_g, want_g, 1e-10, 1e-12)
+    assert all(g.abs().sum() > 0 for g in got_g)  # every input receives a gradient (the codes through SoftSort)
+
+
+# (batch, d, bits, m): B = 2, d < B (E = Pt z path), d > B (Gram path), lengths not multiples of 64, m = 1 and B - 1
+SHAPES = [(2, 3, [5], 1), (7, 3, [5, 13, 70], 2), (9, 20, [8, 33], 1), (6, 4, [64, 65], 5), (17, 5, [3, 16], 3)]
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("batch, d, bits, m", SHAPES)
+def test_kernel_equals_the_materialised_reference(name, hard, batch, d, bits, m):
+    u, v, z, a = make(batch, d, bits[-1], seed=batch + d)
+    sort_tau = [0.05 * (k + 1) for k in range(len(bits))]
+    args = (bits, m, 0.3, sort_tau, hard)
+    weights = torch.linspace(1.0, 0.3, len(bits), dtype=torch.float64)
+    want, want_g = grads(lambda *t: reference.sorted_nce(*t, *args), (u, v, z, a), weights)
+    got, got_g = grads(lambda *t: op(name)(*t, *args), (u, v, z, a), weights)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert_close(got_g, want_g, 1e-9, 1e-12)
+    direct = op(name.replace("sorted_nce", "sorted_nce_backward"))(weights, u, v, z, a, *args)
+    assert_close(direct, reference.sorted_nce_backward(weights, u, v, z, a, *args), 1e-9, 1e-12)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("hard", [False, True])
+def test_float32_follows_float64(name, hard):
+    u, v, z, a = make(12, 6, 24, seed=3)
+    args = ([8, 24], 2, 0.1, [0.2, 0.2], hard)
+    want, want_g = grads(lambda *t: reference.sorted_nce(*t, *args), (u, v, z, a), torch.ones(2, dtype=torch.float64))
+    got, got_g = grads(lambda *t: op(name)(*t, *args), [t.float() for t in (u, v, z, a)], torch.ones(2))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    assert_close([g.double() for g in got_g], want_g, 1e-4, 1e-5)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("hard", [False, True])
+def test_tied_distances(name, hard):
+    """+-1 codes of few bits: many candidates share a distance; the hard rows take the first index of a tie
+    (candidates repeat in the sorted list) and the soft rows weigh tied candidates equally."""
+    u, v, z, a = make(10, 4, 6, seed=5, signs=True)
+    v[3], v[7] = v[1], v[1]  # exact duplicates too
+    dist = (6 - u[:, :3] @ v[:, :3].T) / 6
+    assert (dist[0].unsqueeze(0) == dist[0].unsqueeze(1)).sum() > 10 + 2 * 3  # ties, beyond the diagonal
+    args = ([3, 6], 2, 0.2, [0.1, 0.3], hard)
+    weights = torch.tensor([0.6, 1.0], dtype=torch.float64)
+    want, want_g = grads(lambda *t: naive(*t, *args), (u, v, z, a), weights)
+    got, got_g = grads(lambda *t: op(name)(*t, *args), (u, v, z, a), weights)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert_close(got_g, want_g, 1e-9, 1e-12)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("hard", [False, True])
+def test_all_lengths_in_one_call_equal_separate_calls(name, hard):
+    bits, sort_tau = [4, 16, 37, 64], [0.1, 0.2, 0.3, 0.4]
+    u, v, z, a = make(11, 5, 64, seed=7)
+    weights = torch.tensor([1.0, 2.0, 0.5, -1.0], dtype=torch.float64)
+    got, got_g = grads(lambda *t: op(name)(*t, bits, 2, 0.2, sort_tau, hard), (u, v, z, a), weights)
+    for k, (b, ts) in enumerate(zip(bits, sort_tau)):
+        one, one_g = grads(lambda *t: op(name)(t[0][:, :b], t[1][:, :b], t[2], t[3], [b], 2, 0.2, [ts], hard),
+                           (u, v, z, a), weights[k:k + 1])
+        torch.testing.assert_close(got[k], one[0], rtol=1e-13, atol=1e-13)
+        total = list(one_g) if k == 0 else [s + g for s, g in zip(total, one_g)]  # one_g: w.r.t. the full u, v
+    assert_close(got_g, total, 1e-10, 1e-12)
+
+
+@needs_ext
+def test_gradcheck():
+    u, v, z, a = make(6, 4, 10, seed=11)
+    soft = lambda *t: torch.ops.nhl_fast.sorted_nce(*t, [4, 10], 2, 0.3, [0.2, 0.5], False)  # noqa: E731
+    assert torch.autograd.gradcheck(soft, [t.requires_grad_(True) for t in (u, v, z, a)])
+    # hard: the forward is piecewise constant in the codes (their gradient is SoftSort's straight-through one,
+    # checked against the reference above); exact in the latents
+    hard = lambda *t: torch.ops.nhl_fast.sorted_nce(u.detach(), v.detach(), *t, [4, 10], 2, 0.3, [0.2, 0.5], True)  # noqa: E731
+    assert torch.autograd.gradcheck(hard, [z, a])
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_opcheck(name):
+    u, v, z, a = make(6, 4, 10, seed=13)
+    args = ([4, 10], 2, 0.3, [0.2, 0.5])
+    for hard in (False, True):
+        torch.library.opcheck(op(name), (u, v, z, a, *args, hard))
+        torch.library.opcheck(op(name.replace("sorted_nce", "sorted_nce_backward")),
+                              (torch.ones(2, dtype=torch.float64), u, v, z, a, *args, hard))
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_bad_input(name):
+    u, v, z, a = make(6, 4, 10)
+    args = ([4, 10], 2, 0.3, [0.2, 0.5], True)
+    bad = u.clone()
+    bad[2, 3] = math.nan
+    with pytest.raises(ValueError, match="u and v must be finite"):
+        op(name)(bad, v, z, a, *args)
+    with pytest.raises(ValueError, match="m=6"):
+        op(name)(u, v, z, a, [4, 10], 6, 0.3, [0.2, 0.5], True)
+    with pytest.raises(TypeError, match="z must have u's dtype"):
+        op(name)(u, v, z.float(), a.float(), *args)
+    with pytest.raises(ValueError, match="z_anchor must have shape"):
+        op(name)(u, v, z, a[:, :3], *args)
+
+
+@needs_ext
+def test_zero_latent_and_zero_weight():
+    """A zero anchor latent (norm clamped) gives finite values and gradients; a zero weight's length is skipped."""
+    u, v, z, a = make(8, 3, 16, seed=17)
+    a[2] = 0
+    z[4] = 0
+    for hard in (False, True):
+        args = ([8, 16], 2, 0.3, [0.2, 0.5], hard)
+        w = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        got = torch.ops.nhl_fast.sorted_nce_backward(w, u, v, z, a, *args)
+        assert_close(got, reference.sorted_nce_backward(w, u, v, z, a, *args), 1e-9, 1e-12)
+        assert all(torch.isfinite(g).all() for g in got)
+
+
+# ------------------------------------------------------------------ the loss
+
+
+def test_loss_is_registered_with_the_published_defaults():
+    loss = get_loss("sortednce", (8, 16, 32))
+    assert (loss.m, loss.tau, loss.hard, loss.symmetric) == (2, 0.1, True, False)
+    assert loss.sort_tau == [8.0, 16.0, 32.0]  # SoftSort(bit) of the NSH script
+    assert get_loss("SortedNCE", (8,), sort_tau=0.5).sort_tau == [0.5]
+
+
+@pytest.mark.parametrize("backend", ["torch"] + (["cpp"] if HAS_EXT else []) + (["triton"] if HAS_TRITON else []))
+def test_loss_equals_the_reference_on_every_backend(backend):
+    u, v, z, a = make(10, 6, 40, seed=19)
+    loss = get_loss("sortednce", (8, 16, 32), m=2, tau=0.2, sort_tau=0.3, backend=backend)
+    got, got_g = grads(lambda *t: loss(t[0], t[1], z=t[2], z_other=t[3]), (u, v, z, a), torch.ones(3))
+    want, want_g = grads(lambda *t: reference.sorted_nce(t[0][:, :32], t[1][:, :32], *t[2:], [8, 16, 32], 2, 0.2,
+                                                         [0.3] * 3, True), (u, v, z, a), torch.ones(3))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert_close(got_g, want_g, 1e-9, 1e-12)
+
+
+def test_symmetric_averages_the_two_directions():
+    u, v, z, a = make(8, 5, 16, seed=23)
+    sym = get_loss("sortednce", (8, 16), symmetric=True, sort_tau=0.2)(u, v, z=z, z_other=a)
+    one = get_loss("sortednce", (8, 16), sort_tau=0.2)
+    torch.testing.assert_close(sym, (one(u, v, z=z, z_other=a) + one(v, u, z=a, z_other=z)) / 2)
+
+
+def test_loss_rejects_missing_or_mismatched_views():
+    u, v, z, a = make(8, 5, 16)
+    loss = get_loss("sortednce", (8, 16))
+    with pytest.raises(ValueError, match="pass z= and z_other="):
+        loss(u, v)
+    with pytest.raises(ValueError, match="pass z= and z_other="):
+        loss(u, v, z=z)
+    with pytest.raises(ValueError, match="u_other must be"):
+        loss(u, v[:, :12], z=z, z_other=a)
+    with pytest.raises(ValueError, match="the two views must have one shape"):
+        loss(u, torch.cat([v, v])[:, :16], z=z, z_other=a)
+    with pytest.raises(ValueError, match="u_other must be"):
+        loss(u, torch.arange(8), z=z, z_other=a)  # labels where the second view belongs
+    with pytest.raises(ValueError, match="z_other must be"):
+        loss(u, v, z=z, z_other=a[:4])
+    with pytest.raises(ValueError, match="B > m"):
+        loss(u[:2], v[:2], z=z[:2], z_other=a[:2])
+    with pytest.raises(ValueError, match="sort_tau"):
+        get_loss("sortednce", (8,), sort_tau="soft")
+    with pytest.raises(ValueError, match="tau"):
+        get_loss("sortednce", (8,), tau=0)
+
+
+@needs_ext
+def test_loss_trains_the_codes_toward_their_view():
+    """A few steps of SGD on the codes alone (latents fixed, soft variant) lower the loss."""
+    u, v, z, a = make(16, 8, 16, seed=29)
+    a = z + 0.1 * a  # the anchor latent is a noisy copy of its own sample's
+    u = u.clone().requires_grad_(True)
+    loss = get_loss("sortednce", (8, 16), hard=False, sort_tau=0.05, backend="cpp")
+    first = loss(u, v, z=z, z_other=a).sum()
+    opt = torch.optim.SGD([u], lr=5.0)
+    for _ in range(30):
+        opt.zero_grad()
+        loss(u, v, z=z, z_other=a).sum().backward()
+        opt.step()
+    assert loss(u, v, z=z, z_other=a).sum() < first - 0.05
