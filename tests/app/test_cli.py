@@ -382,21 +382,8 @@ def test_bench_passes_each_script_its_smoke_flag(tmp_path, capsys, monkeypatch):
     assert not (d / "bench_gpu.argv").exists()
 
 
-def _bench_common(monkeypatch, results):
-    """The source tree's bench/_common.py, writing to `results`."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench",
-                        "_common.py")
-    spec = importlib.util.spec_from_file_location("bench_common_under_test", path)
-    common = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(common)
-    monkeypatch.setattr(common, "RESULTS", str(results))
-    return common
-
-
-def test_quick_bench_runs_never_overwrite_the_full_results(tmp_path, monkeypatch):
-    common = _bench_common(monkeypatch, tmp_path)
+def test_quick_bench_runs_never_overwrite_the_full_results(tmp_path, bench_common):
+    common = bench_common
     common.parser("a benchmark").parse_args(["--quick"])
     for name in ("bench_topk", "bench_map_quick"):  # bench_topk.py asks for its full name even with --quick
         common.write_results(name, {"rows": []})
