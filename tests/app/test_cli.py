@@ -10,7 +10,7 @@ import torch
 
 import nhl_fast as nf
 from nhl_fast.app.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nhl_fast.app.cli import main
+from nhl_fast.app.cli import main, parse_bits
 from nhl_fast.app.model import build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -258,6 +258,22 @@ def test_bad_options(tmp_path, capsys):
         assert rc == 2 and "needs torchvision" in err
     rc, _, err = _run(["compare", "--methods", "nhl,bogus", "--quiet"], capsys)
     assert rc == 2 and "bogus" in err
+
+
+@pytest.mark.parametrize("text, bits", [("8,16,32", (8, 16, 32)), (" 8, 13 ,100,", (8, 13, 100)), ("64", (64,))])
+def test_parse_bits(text, bits):
+    assert parse_bits(text) == bits
+
+
+@pytest.mark.parametrize("text, says", [("16,8", "strictly increasing"), ("8,8", "strictly increasing"),
+                                        ("0,8", "positive"), ("", "positive"), (",", "positive"),
+                                        ("8,x", "comma-separated integers"), ("8.5", "comma-separated integers")])
+def test_parse_bits_rejects_with_the_options_words(text, says):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=says) as e:
+        parse_bits(text)
+    assert repr(text) in str(e.value)
 
 
 @pytest.mark.parametrize("argv, command, says", [
