@@ -119,11 +119,12 @@ def gpu_summary() -> str:
     return table(["benchmark", "nhl_fast", "alternative", "ratio"], out)
 
 
-def house_side_by_side() -> str:
+def side_by_side(name: str) -> str:
     """bench/side_by_side.py's two builds: fastest run of each (min over rounds), their ratio, and the range
     of the per-round ratios (how much is noise)."""
-    d = load("house_side_by_side")
+    d = load(name)
     old, new = d["config"]["builds"]
+    commit = {r["build"]: r["commit"] for r in d["rows"]}
     params = lambda r: tuple((k, str(v)) for k, v in r.items()  # noqa: E731
                              if k not in ("build", "commit", "round", "min_s", "median_s", "wall_min_s", "runs"))
     best, per_round = {}, {}
@@ -138,12 +139,13 @@ def house_side_by_side() -> str:
         label = what.pop("workload") + " " + ", ".join(f"{k} {v}" for k, v in what.items())
         out.append([label, ms(min(by[old])), ms(min(by[new])), f"{min(by[new]) / min(by[old]):.3f}",
                     f"{min(ratios):.2f} - {max(ratios):.2f}"])
-    return table(["workload", f"before ({old})", f"after ({new})", "after / before (fastest runs)",
+    return table(["workload", f"{old} ({commit[old]})", f"{new} ({commit[new]})", f"{new} / {old} (fastest runs)",
                   "per-round ratios"], out)
 
 
 TABLES = {"cpu_topk": cpu_topk, "cpu_map": cpu_map, "cpu_train_step": cpu_train_step, "cpu_losses": cpu_losses,
-          "gpu_summary": gpu_summary, "house_side_by_side": house_side_by_side}
+          "gpu_summary": gpu_summary, "house_side_by_side": lambda: side_by_side("house_side_by_side"),
+          "house_side_by_side_recheck": lambda: side_by_side("house_side_by_side_recheck")}
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 

@@ -1,6 +1,7 @@
 """Python-side op registration, loaded by ``import nhl_fast``: one fake per op (shared by its compiled form,
-csrc/nhl_ops.cpp, and its Triton twin), the Triton twins as torch custom ops ``nhl_fast::<op>_triton`` (so
-torch.compile and opcheck see them), and the autograd formula of nested_projection.
+csrc/nhl_ops.cpp, which names this module as its fakes' home with m.set_python_module, and its Triton twin),
+the Triton twins as torch custom ops ``nhl_fast::<op>_triton`` (so torch.compile and opcheck see them), and
+the autograd formula of nested_projection.
 
 Each fake checks its inputs with the op's validators (nhl_fast._checks: symbolic conditions become
 torch._check asserts), so a torch.compile or opcheck run on fake tensors rejects what the kernels reject,
