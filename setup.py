@@ -21,9 +21,19 @@ import torch.utils.cpp_extension as cpp_extension
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def cxx_standard() -> str:
+    """The C++ standard of torch's headers: C++20 from torch 2.13 (its headers use C++20 constructs; 2.14
+    refuses anything older), C++17 before. Passed explicitly to the host compiler and nvcc alike (torch adds
+    its own default only when no -std is given), so .ci/check_cuda_sources.py can use the same flag."""
+    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    return "-std=c++20" if (major, minor) >= (2, 13) else "-std=c++17"
+
+
 # No --use_fast_math: it makes tanh tanh.approx.f32 (~5e-4 relative error) and flushes subnormals to
 # zero (a tiny positive code would pack as 0 on CUDA and 1 on the CPU).
-NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo"]
+NVCC_FLAGS = ["-O3", cxx_standard(), "-lineinfo"]
 DEFAULT_CUDA_ARCHS = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
 
 
@@ -88,7 +98,7 @@ def _extension():
     with_cuda = _with_cuda()
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = ["csrc/nhl_ops.cpp"] + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp", "-fvisibility=hidden"] + _march_flags()
+    cxx = ["-O3", "-g0", cxx_standard(), "-fopenmp", "-fvisibility=hidden"] + _march_flags()
     macros = []
     kwargs = dict(
         name="nhl_fast._C",

@@ -24,12 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 build = runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="nhl_setup_flags")  # not __main__: no setup()
 
 
-# torch 2.13's headers use C++20 default bit-field initializers (c10/core/AutogradState.h) while
-# setup.py builds C++17: a warning in the real build, silenced here where warnings are errors (as
-# glue_command's -Wno-c++20-extensions). The CPU wheel lacks c10/cuda/impl/cuda_cmake_macros.h
-# (generated at torch's build; it only sets export macros), hence C10_CUDA_NO_CMAKE_CONFIGURE_FILE.
-TORCH_HEADER_FLAGS = ["-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-Xcompiler", "-Wno-c++20-extensions",
-                      "-diag-suppress=3306"]
+# The CPU wheel lacks c10/cuda/impl/cuda_cmake_macros.h (generated at torch's build; it only sets export
+# macros), hence C10_CUDA_NO_CMAKE_CONFIGURE_FILE. The C++ standard is setup.py's cxx_standard(), the one
+# torch's headers are written in (in nvcc_flags()), so no C++20-extension warning needs silencing.
+TORCH_HEADER_FLAGS = ["-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-diag-suppress=3306"]
 
 
 def nvcc_command(src, obj, home, archs, kernels_only=False):
@@ -50,7 +48,7 @@ def nvcc_command(src, obj, home, archs, kernels_only=False):
 def glue_command(src, home):
     includes = cpp_extension.include_paths() + [f"{home}/include", sysconfig.get_paths()["include"],
                                                 os.path.join(ROOT, "csrc")]
-    return (["c++", "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-Wno-c++20-extensions", "-DNHL_WITH_CUDA=1",
+    return (["c++", build["cxx_standard"](), "-fsyntax-only", "-Wall", "-Werror", "-DNHL_WITH_CUDA=1",
              "-DTORCH_EXTENSION_NAME=_C", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE"] + [f"-I{p}" for p in includes] + [src])
 
 

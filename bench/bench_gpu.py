@@ -12,7 +12,9 @@ run fits the section's time box, else as many as fit, at least 3; the JSON says 
             share of each objective op (nhl_objective, cascade_distill, csq_grads)
   encode    layer.encode rows/s vs sign(linear) + pack
 
-Every section writes bench/results/gpu_<section>.json (with the GPU name, clocks, versions).
+Every section writes bench/results/gpu_<section>.json in the common schema (bench/_common.py; the
+GPU name, clocks and driver in machine.gpu): one flat row per measurement, each with a "measure"
+where a section measures more than one kind of thing.
 --dry-run runs the same code on CPU tensors at tiny sizes (what .ci/run calls, so it cannot rot).
 
     python bench/bench_gpu.py [--sections hamming,topk,map,train,encode] [--budget 240]
@@ -70,9 +72,7 @@ class Timer:
 def gpu_facts(device) -> dict:
     if device.type != "cuda":
         return {"device": "cpu (dry run)"}
-    p = torch.cuda.get_device_properties(device)
-    facts = {"gpu": p.name, "sms": p.multi_processor_count, "memory_gib": p.total_memory / 2**30,
-             "torch": torch.__version__, "cuda": torch.version.cuda, "capability": f"{p.major}.{p.minor}"}
+    facts = _common.gpu_facts()
     try:
         q = "clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,driver_version"
         out = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
@@ -126,15 +126,15 @@ def bench_hamming(dev, t, quick, facts):
               f"({row.get('pct_of_popcount_roofline', float('nan')):.1f}% of popcount roof, "
               f"{row.get('output_write_tb_per_s', float('nan')):.2f} TB/s written)", flush=True)
         del q, db
-    return {"rows": rows, "popcount_rate": f"{POPC_PER_SM_CLOCK} popc/SM/clock (CUDA C++ Programming Guide, cc 9.0) "
-            "x SMs x max SM clock (nvidia-smi)"}
+    return {"config": {"popcount_rate": f"{POPC_PER_SM_CLOCK} popc/SM/clock (CUDA C++ Programming Guide, cc 9.0) "
+                                        "x SMs x max SM clock (nvidia-smi)"}, "rows": rows}
 
 
-def kernel_breakdown(fn, dev) -> dict:
+def kernel_breakdown(fn, dev, **params) -> list[dict]:
     """GPU milliseconds per kernel name in one call of fn (torch.profiler), largest first: where
-    the time of a multi-kernel op goes."""
+    the time of a multi-kernel op goes; one row per kernel, with `params`."""
     if dev.type != "cuda":
-        return {}
+        return []
     from torch.profiler import ProfilerActivity, profile
     fn()
     torch.cuda.synchronize()
@@ -146,7 +146,8 @@ def kernel_breakdown(fn, dev) -> dict:
         t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
         if t:
             times[e.key[:80]] = times.get(e.key[:80], 0.0) + t / 1e3
-    return dict(sorted(times.items(), key=lambda kv: -kv[1])[:12])
+    top = sorted(times.items(), key=lambda kv: -kv[1])[:12]
+    return [{"measure": "kernel_ms", **params, "kernel": name, "ms": ms} for name, ms in top]
 
 
 def gemm_topk(qf, dbf, k, bits, chunk):
@@ -179,24 +180,26 @@ def bench_topk(dev, t, quick):
             base = t(lambda: gemm_topk(qf, dbf, kk, b, chunk))
             d_ours, _ = nf.topk(q, db, kk, bits=(b,))
             d_base, _ = gemm_topk(qf, dbf, kk, b, chunk)
-            row = {"bits": b, "k": kk, "queries": q_n, "database": db_n, "nhl_fast": ours, "gemm_topk": base,
+            row = {"measure": "topk", "bits": b, "k": kk, "queries": q_n, "database": db_n, "nhl_fast": ours,
+                   "gemm_topk": base,
                    "speedup_vs_gemm_topk": base["median_s"] / ours["median_s"],
                    "same_distances": bool(torch.equal(d_ours[0], d_base))}
             if b == 128:
                 five = t(lambda: nf.topk(q, db, kk, bits=FIVE))
                 row["nhl_fast_5_lengths"] = five
                 row["five_over_one"] = five["median_s"] / ours["median_s"]
+            rows.append(_common.flatten(row))
             if kk == 100:
-                row["kernel_ms"] = kernel_breakdown(lambda: nf.topk(q, db, kk, bits=(b,)), dev)
-                print("  kernels (ms):", {n: round(v, 2) for n, v in row["kernel_ms"].items()}, flush=True)
-            rows.append(row)
+                kernels = kernel_breakdown(lambda: nf.topk(q, db, kk, bits=(b,)), dev, bits=b, k=kk)
+                rows += kernels
+                print("  kernels (ms):", {r["kernel"]: round(r["ms"], 2) for r in kernels}, flush=True)
             print(f"topk {b} bits k={kk}: ours {1e3 * ours['median_s']:.1f} ms, gemm+topk {1e3 * base['median_s']:.1f} ms "
                   f"({row['speedup_vs_gemm_topk']:.2f}x){'' if b != 128 else ', 5 lengths %.2fx one' % row['five_over_one']}"
                   f", distances equal: {row['same_distances']}", flush=True)
         del qf, dbf, q, db
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    return {"rows": rows}
+    return {"config": {}, "rows": rows}
 
 
 def torch_map(qf, dbf, ql, dl, bits, topk, chunk=256):
@@ -232,23 +235,23 @@ def bench_map(dev, t, quick):
         db, dl = clustered(n, classes, centres, 0.25, gen, dev)
         half = torch.float16 if dev.type == "cuda" else torch.float32
         qf, dbf = nf.unpack(q, 128).to(half), nf.unpack(db, 128).to(half)
-        row = {"protocol": name, "queries": nq, "database": n, "topk": topk, "bits": list(FIVE)}
+        row = {"measure": "map", "protocol": name, "queries": nq, "database": n, "topk": topk, "bits": list(FIVE)}
         for ties in ("index", "average"):
             r = t(lambda: nf.mean_average_precision(q, db, ql, dl, bits=FIVE, topk=topk, ties=ties))
             row[f"nhl_fast_{ties}"] = r
             row[f"map_{ties}"] = nf.mean_average_precision(q, db, ql, dl, bits=FIVE, topk=topk, ties=ties).tolist()
-        row["kernel_ms_index"] = kernel_breakdown(
-            lambda: nf.mean_average_precision(q, db, ql, dl, bits=FIVE, topk=topk, ties="index"), dev)
+        kernels = kernel_breakdown(lambda: nf.mean_average_precision(q, db, ql, dl, bits=FIVE, topk=topk, ties="index"),
+                                   dev, protocol=name, ties="index")
         base = t(lambda: [torch_map(qf, dbf, ql, dl, b, topk) for b in FIVE], min_runs=10)
         row["torch_gpu_eval"] = base
         row["map_torch_gpu_eval"] = [torch_map(qf, dbf, ql, dl, b, topk) for b in FIVE]
         row["speedup_index_vs_torch"] = base["median_s"] / row["nhl_fast_index"]["median_s"]
-        rows.append(row)
+        rows += [_common.flatten(row)] + kernels
         print(f"mAP {name}: index {1e3 * row['nhl_fast_index']['median_s']:.2f} ms, average "
               f"{1e3 * row['nhl_fast_average']['median_s']:.2f} ms, torch GEMM+sort {1e3 * base['median_s']:.1f} ms "
               f"({row['speedup_index_vs_torch']:.1f}x); mAP index {[round(v, 4) for v in row['map_index']]} "
               f"torch {[round(v, 4) for v in row['map_torch_gpu_eval']]}", flush=True)
-    return {"rows": rows}
+    return {"config": {}, "rows": rows}
 
 
 @contextlib.contextmanager
@@ -285,12 +288,12 @@ def bench_train(dev, quick):
     from bench_train_step import bench_encode, bench_step
     batch, n_in = (16, 64) if quick else (256, 2048)
     repeat = 3 if quick else 30
-    out = {}
+    rows = []
     for precision in ("fp32", "bf16_autocast"):
         ctx = (torch.autocast(dev.type, dtype=torch.bfloat16) if precision != "fp32" else contextlib.nullcontext())
         with ctx:
             row = bench_step(batch, n_in, FIVE, 10, dev, repeat)
-        out[precision] = row
+        rows.append({"measure": "train_step", "precision": precision, **row})
         print(f"train step {precision}: ours {row['ours_ms']:.3f} ms, single 128-bit head {row['single_128_ms']:.3f} ms "
               f"({row['ours_over_single']:.2f}x), reference-style {row['reference_ms']:.2f} ms", flush=True)
     # share of each objective op in ours (synchronised around each op: the step is slower than
@@ -311,12 +314,12 @@ def bench_train(dev, quick):
             obj(layer(x), y, idx).backward()
         _common.sync(dev)
         step_s = (time.perf_counter() - t0) / steps
-    out["op_share"] = {n: totals[n] / steps / step_s for n in names}
-    out["op_share_note"] = ("time inside each op over the step, both synchronised; nhl_objective's share "
-                            "includes the cascade distillation it runs")
-    out["op_share_step_ms_synchronised"] = 1e3 * step_s
-    print("objective op shares:", {n: round(v, 3) for n, v in out["op_share"].items()}, flush=True)
-    return out
+    shares = {n: totals[n] / steps / step_s for n in names}
+    rows += [{"measure": "op_share", "op": n, "share": v, "batch": batch, "in_features": n_in,
+              "step_ms_synchronised": 1e3 * step_s} for n, v in shares.items()]
+    print("objective op shares:", {n: round(v, 3) for n, v in shares.items()}, flush=True)
+    return {"config": {"op_share_note": "time inside each op over the step, both synchronised; nhl_objective's "
+                                        "share includes the cascade distillation it runs"}, "rows": rows}
 
 
 def bench_encode_section(dev, quick):
@@ -325,7 +328,7 @@ def bench_encode_section(dev, quick):
     for r in rows:
         print(f"encode {r['rows']} x {r['in_features']}: {r['encode_rows_per_s']:.3g} rows/s vs sign(linear)+pack "
               f"{r['sign_linear_pack_rows_per_s']:.3g} ({r['speedup']:.2f}x)", flush=True)
-    return {"rows": rows}
+    return {"config": {}, "rows": rows}
 
 
 def main():
@@ -360,10 +363,11 @@ def main():
             continue
         if dev.type == "cuda":
             torch.cuda.empty_cache()  # the next section starts with the card's memory free
-        result["section_s"] = time.perf_counter() - t0
-        result["gpu"] = facts
+        result["config"]["section_s"] = time.perf_counter() - t0
         if not quick:
-            print("wrote", _common.write_results(f"gpu_{name}", result), flush=True)
+            print("wrote", _common.write_results(f"gpu_{name}", result, gpu=facts), flush=True)
+        else:  # the dry run writes nothing but checks what it would write
+            _common.results_doc(f"gpu_{name}", result, gpu=facts)
     if failed:
         sys.exit(f"sections failed: {failed}")
 

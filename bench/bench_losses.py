@@ -77,8 +77,9 @@ def main():
             print(f"{label:24s} B={B:4d} nested {row['nested_ms']:8.2f} ms  separate {row['separate_ms']:8.2f} ms"
                   f"  x{row['speedup']:.2f}", flush=True)
     path = write_results(args.out or ("bench_losses_quick" if args.quick else "bench_losses"),
-                         {"device": str(device), "what": "forward+backward of all K lengths; min over runs",
-                          "results": rows})
+                         {"config": {"device": str(device), "threads": torch.get_num_threads(), "quick": args.quick,
+                                     "what": "forward+backward of all K lengths; min over runs"},
+                          "rows": rows})
     print("wrote", path)
 
 

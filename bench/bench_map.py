@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nhl_fast as nf  # noqa: E402
-from _common import parser, timeit, write_results  # noqa: E402
+from _common import flatten, parser, timeit, write_results  # noqa: E402
 from calc_top_map import calc_top_map  # noqa: E402
 
 
@@ -184,10 +184,14 @@ def main():
               f"max |AP - stable loop| {r['numpy_calc_top_map']['max_abs_diff_per_query_ap_stable_loop_vs_ties_index']:.2e} | "
               f"torchmetrics {r['torchmetrics'].get('seconds_5_lengths', float('nan')):.1f} s "
               f"-> {r['torchmetrics'].get('speedup_vs_torchmetrics', float('nan')):.0f}x", flush=True)
-    path = write_results(args.out or ("bench_map_quick" if args.quick else "bench_map"),
-                         {"protocols": results, "flip": args.flip, "threads": torch.get_num_threads(),
-                          "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
-                          "note": "numpy/torchmetrics times are extrapolated linearly from the queries timed where 'extrapolated' is true"})
+    # one row per protocol; each method's figures as <method>_<figure> columns
+    rows = [flatten({"protocol": name, **r}) for name, r in results.items()]
+    path = write_results(args.out or ("bench_map_quick" if args.quick else "bench_map"), {
+        "config": {"flip": args.flip, "threads": torch.get_num_threads(), "repeat": args.repeat, "quick": args.quick,
+                   "load_average_at_start": list(load_start), "load_average_at_end": list(os.getloadavg()),
+                   "note": "numpy/torchmetrics times are extrapolated linearly from the queries timed where "
+                           "'extrapolated' is true"},
+        "rows": rows})
     print("wrote", path)
 
 

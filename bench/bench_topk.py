@@ -11,7 +11,8 @@ Methods (same threads for all: torch.set_num_threads and faiss.omp_set_num_threa
 Also: nhl_fast with 5 lengths (8, 16, 32, 64, 128) in one pass vs the 128-bit-only call, and
 the throughput of nf.hamming (the full (L, Q, N) matrix). Runs of the methods are interleaved
 and ratios use each method's fastest run, which is the most robust figure on a shared machine.
-Results: bench/results/bench_topk.json.
+Results: bench/results/bench_topk.json, one row per method and size ("measure": "topk") and per
+nf.hamming call ("measure": "hamming"); the ratios are computed from the rows' min_s when read.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def main() -> None:
     repeat = 2 if args.quick else args.repeat
     q_all = random_packed(Q, 2, seed=1)
     db_all = random_packed(max(sizes), 2, seed=2)
-    rows, ratios = [], []
+    rows = []
     print(f"threads={args.threads} Q={Q} build={nf.build_info()}")
     header = f"{'bits':>4} {'N':>9} {'k':>5} | {'nhl_fast':>9} {'faiss':>9} {'gemm':>9} {'nhl 5-len':>9} | {'faiss/nhl':>9} {'gemm/nhl':>8} {'5len/1len':>9}"
     print(header + "\n" + "-" * len(header))
@@ -114,13 +115,13 @@ def main() -> None:
                     times["gemm"] = [timed(lambda: gemm_topk(q, db, k, bits))]
                 res = {m: summary(t) for m, t in times.items()}
                 for m, r in res.items():
-                    rows.append({"method": m, "bits": FIVE if m == "nhl_fast_5len" else bits, "N": n, "k": k, "Q": Q, **r})
+                    rows.append({"measure": "topk", "method": m, "bits": list(FIVE) if m == "nhl_fast_5len" else bits,
+                                 "N": n, "k": k, "Q": Q, **r})
                 best = {m: r["min_s"] for m, r in res.items()}
                 ratio = {"bits": bits, "N": n, "k": k,
                          "faiss_over_nhl": best["faiss"] / best["nhl_fast"] if "faiss" in best else None,
                          "gemm_over_nhl": best["gemm"] / best["nhl_fast"] if "gemm" in best else None,
                          "five_over_one_length": best["nhl_fast_5len"] / best["nhl_fast"] if "nhl_fast_5len" in best else None}
-                ratios.append(ratio)
                 fmt = lambda m: f"{best[m]:9.3f}" if m in best else f"{'-':>9}"
                 rfmt = lambda x, w: f"{x:{w}.2f}" if x is not None else f"{'-':>{w}}"
                 print(f"{bits:>4} {n:>9} {k:>5} | {fmt('nhl_fast')} {fmt('faiss')} {fmt('gemm')} {fmt('nhl_fast_5len')} | "
@@ -129,21 +130,20 @@ def main() -> None:
 
     # nf.hamming throughput: the full (L, Q, N) int32 matrix
     hq, hn = (50, 20_000) if args.quick else (200, 100_000)
-    hamming = []
     for lengths in ((128,), FIVE, (64,)):
         words = (lengths[-1] + 63) // 64
         qh, dbh = q_all[:hq, :words].contiguous(), db_all[:hn, :words].contiguous()
         r = _common.timeit(lambda: nf.hamming(qh, dbh, bits=lengths), warmup=1, repeat=repeat)
         pairs = hq * hn
-        hamming.append({"bits": lengths, "Q": hq, "N": hn, **r, "pairs_per_s": pairs / r["min_s"],
-                        "out_GB_per_s": pairs * len(lengths) * 4 / r["min_s"] / 1e9})
+        rows.append({"measure": "hamming", "method": "nhl_fast", "bits": list(lengths), "Q": hq, "N": hn, **r,
+                     "pairs_per_s": pairs / r["min_s"], "out_GB_per_s": pairs * len(lengths) * 4 / r["min_s"] / 1e9})
         print(f"hamming bits={lengths}: Q={hq} N={hn}: {r['min_s'] * 1e3:.1f} ms, "
-              f"{pairs / r['min_s'] / 1e9:.2f} G pairs/s, {hamming[-1]['out_GB_per_s']:.2f} GB/s written")
+              f"{pairs / r['min_s'] / 1e9:.2f} G pairs/s, {rows[-1]['out_GB_per_s']:.2f} GB/s written")
 
     path = _common.write_results(args.out or "bench_topk", {
         "config": {"Q": Q, "sizes": sizes, "ks": ks, "threads": args.threads, "repeat": repeat, "quick": args.quick,
                    "ratios_from": "fastest run of each method, runs interleaved"},
-        "rows": rows, "ratios": ratios, "hamming": hamming,
+        "rows": rows,
     })
     print(f"wrote {path}")
 

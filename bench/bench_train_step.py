@@ -28,9 +28,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import parser, sync, timeit, write_results  # noqa: E402
+from reference_head import ReferenceHead, sp_distill  # noqa: E402
 
 import nhl_fast as nf  # noqa: E402
-from nhl_fast.app.reference_head import ReferenceHead, sp_distill  # noqa: E402
 from nhl_fast.losses import get_loss  # noqa: E402
 
 
@@ -197,12 +197,13 @@ def main():
     print(f"encode {enc['rows']} x {n_in} -> {bits[-1]} bits: fused {enc['encode_rows_per_s']:.3g} rows/s, "
           f"sign(linear)+pack {enc['sign_linear_pack_rows_per_s']:.3g} rows/s ({enc['speedup']:.2f}x)")
     path = write_results(args.out or ("bench_train_step_quick" if args.quick else "bench_train_step"), {
-        "device": str(device),
-        "base_loss": "csq (registered nhl_fast.losses CSQ; the reference-style step uses one per-length CSQ each)",
-        "timing": "min over 30 interleaved repeats after one warm-up step of each variant; CPU: thread CPU time "
-                  "with torch.set_num_threads(1) (the *_wall_ms fields: wall clock, noisy on a shared machine)",
-        "train_step": steps,
-        "encode": enc,
+        "config": {"device": str(device), "threads": torch.get_num_threads(), "quick": args.quick,
+                   "base_loss": "csq (registered nhl_fast.losses CSQ; the reference-style step uses one per-length "
+                                "CSQ each)",
+                   "timing": f"min over {repeat} interleaved repeats after one warm-up step of each variant; CPU: "
+                             "thread CPU time with torch.set_num_threads(1) (the *_wall_ms fields: wall clock, noisy "
+                             "on a shared machine)"},
+        "rows": [{"measure": "train_step", **row} for row in steps] + [{"measure": "encode", **enc}],
     })
     print("wrote", path)
 

@@ -37,83 +37,112 @@ def ms(seconds: float) -> str:
     return f"{1e3 * seconds:,.1f} ms" if seconds >= 0.01 else f"{1e3 * seconds:.2f} ms"
 
 
+def rows(name: str, measure: str | None = None) -> list[dict]:
+    """The rows of bench/results/<name>.json (those of one "measure" when given)."""
+    return [r for r in load(name)["rows"] if measure is None or r.get("measure") == measure]
+
+
 def cpu_topk() -> str:
-    d = load("bench_topk")
-    best = {(r["method"], str(r["bits"]), r["N"], r["k"]): r["min_s"] for r in d["rows"]}
-    rows = []
-    for r in d["ratios"]:
+    topk = rows("bench_topk", "topk")
+    best = {(r["method"], str(r["bits"]), r["N"], r["k"]): r["min_s"] for r in topk}  # fastest run: the ratios' basis
+    five = str([8, 16, 32, 64, 128])
+    out = []
+    for r in topk:
+        if r["method"] != "nhl_fast":
+            continue
         key = (str(r["bits"]), r["N"], r["k"])
-        five = r.get("five_over_one_length")
-        rows.append([r["bits"], f"{r['N']:,}", r["k"], f"{best[('nhl_fast', *key)]:.4f}",
-                     f"{best[('faiss', *key)]:.3f}", f"{best[('gemm', *key)]:.2f}", f"{r['faiss_over_nhl']:.1f}x",
-                     "" if five is None else f"{five:.2f}x"])
+        ours = best[("nhl_fast", *key)]
+        five_len = best.get(("nhl_fast_5len", five, r["N"], r["k"])) if r["bits"] == 128 else None
+        out.append([r["bits"], f"{r['N']:,}", r["k"], f"{ours:.4f}", f"{best[('faiss', *key)]:.3f}",
+                    f"{best[('gemm', *key)]:.2f}", f"{best[('faiss', *key)] / ours:.1f}x",
+                    "" if five_len is None else f"{five_len / ours:.2f}x"])
     return table(["bits", "N", "k", "nhl_fast (s)", "faiss (s)", "GEMM + topk (s)", "faiss / nhl_fast",
-                  "5 lengths / 128 only"], rows)
+                  "5 lengths / 128 only"], out)
 
 
 def cpu_map() -> str:
-    d = load("bench_map")
-    rows = []
-    for name, p in d["protocols"].items():
-        ours, np_ = p["nhl_fast"], p["numpy_calc_top_map"]
-        extra = ", extrapolated" if np_["extrapolated"] else ""
-        rows.append([f"{name}: {p['queries']:,} x {p['database']:,}, top {p['topk']:,}", ms(ours["index_s"]),
-                     ms(ours["average_s"]), f"{np_['seconds_5_lengths']:.1f} s{extra} ({p['speedup_vs_numpy']:.0f}x)",
-                     f"{p['cpu_time_ratio_vs_numpy_blas_1_thread']:.0f}x",
-                     f"{p['torchmetrics']['seconds_5_lengths']:.1f} s ({p['torchmetrics']['speedup_vs_torchmetrics']:.0f}x)"])
+    out = []
+    for p in rows("bench_map"):
+        extra = ", extrapolated" if p["numpy_calc_top_map_extrapolated"] else ""
+        out.append([f"{p['protocol']}: {p['queries']:,} x {p['database']:,}, top {p['topk']:,}",
+                    ms(p["nhl_fast_index_s"]), ms(p["nhl_fast_average_s"]),
+                    f"{p['numpy_calc_top_map_seconds_5_lengths']:.1f} s{extra} ({p['speedup_vs_numpy']:.0f}x)",
+                    f"{p['cpu_time_ratio_vs_numpy_blas_1_thread']:.0f}x",
+                    f"{p['torchmetrics_seconds_5_lengths']:.1f} s ({p['torchmetrics_speedup_vs_torchmetrics']:.0f}x)"])
     return table(["protocol (5 lengths)", "nhl_fast index", "nhl_fast average", "numpy CalcTopMap",
-                  "CPU-time ratio vs 1-thread numpy", "torchmetrics RetrievalMAP"], rows)
+                  "CPU-time ratio vs 1-thread numpy", "torchmetrics RetrievalMAP"], out)
 
 
 def cpu_train_step() -> str:
-    d = load("bench_train_step")
-    rows = [[r["batch"], f"{r['ours_ms']:.2f} ms", f"{r['reference_ms']:.2f} ms", f"{r['single_128_ms']:.2f} ms",
-             f"{r['ours_over_single']:.2f}x", f"{r['reference_over_ours']:.2f}x",
-             f"{r['ours_no_adaptive_ms']:.2f} / {r['ours_no_adaptive_no_distill_ms']:.2f} ms"] for r in d["train_step"]]
+    out = [[r["batch"], f"{r['ours_ms']:.2f} ms", f"{r['reference_ms']:.2f} ms", f"{r['single_128_ms']:.2f} ms",
+            f"{r['ours_over_single']:.2f}x", f"{r['reference_over_ours']:.2f}x",
+            f"{r['ours_no_adaptive_ms']:.2f} / {r['ours_no_adaptive_no_distill_ms']:.2f} ms"]
+           for r in rows("bench_train_step", "train_step")]
     return table(["B", "ours", "reference-style step", "single 128-bit head", "ours / single", "reference / ours",
-                  "no adaptive / neither"], rows)
+                  "no adaptive / neither"], out)
 
 
 def cpu_losses() -> str:
-    d = load("bench_losses")
     by = {}
-    for r in d["results"]:
+    for r in rows("bench_losses"):
         by.setdefault(r["loss"], {})[r["batch"]] = r
-    batches = sorted({r["batch"] for r in d["results"]})
+    batches = sorted({b for rs in by.values() for b in rs})
     header = ["loss"] + [h for b in batches for h in (f"B={b} nested", f"B={b} separate", "ratio")]
-    rows = [[loss] + [c for b in batches for c in (f"{rs[b]['nested_ms']:.2f} ms", f"{rs[b]['separate_ms']:.2f} ms",
-                                                   f"{rs[b]['speedup']:.2f}x")] for loss, rs in by.items()]
-    return table(header, rows)
+    out = [[loss] + [c for b in batches for c in (f"{rs[b]['nested_ms']:.2f} ms", f"{rs[b]['separate_ms']:.2f} ms",
+                                                  f"{rs[b]['speedup']:.2f}x")] for loss, rs in by.items()]
+    return table(header, out)
 
 
 def gpu_summary() -> str:
-    ham, tk, mp, tr, enc = (load(f"gpu_{n}") for n in ("hamming", "topk", "map", "train", "encode"))
-    rows = []
-    for r in ham["rows"]:
-        rows.append([f"`hamming` {r['queries']:,} x {r['database']:,}, bits {r['bits']}",
-                     f"{r['g_pairs_per_s']:.0f} G pairs/s ({r['pct_of_popcount_roofline']:.1f}% of the popcount roof, "
-                     f"{r['output_write_tb_per_s']:.2f} TB/s written)", "", ""])
-    for r in tk["rows"]:
+    out = []
+    for r in rows("gpu_hamming"):
+        out.append([f"`hamming` {r['queries']:,} x {r['database']:,}, bits {r['bits']}",
+                    f"{r['g_pairs_per_s']:.0f} G pairs/s ({r['pct_of_popcount_roofline']:.1f}% of the popcount roof, "
+                    f"{r['output_write_tb_per_s']:.2f} TB/s written)", "", ""])
+    for r in rows("gpu_topk", "topk"):
         five = f"; 5 lengths {r['five_over_one']:.2f}x one" if "five_over_one" in r else ""
-        rows.append([f"`topk` Q {r['queries']:,}, N {r['database']:,}, {r['bits']} bits, k {r['k']}",
-                     ms(r["nhl_fast"]["median_s"]) + five, f"fp16 GEMM + `torch.topk`: {ms(r['gemm_topk']['median_s'])}",
-                     f"{r['speedup_vs_gemm_topk']:.2f}x"])
-    for r in mp["rows"]:
-        rows.append([f"mAP {r['protocol']} ({r['queries']:,} x {r['database']:,}, top {r['topk'] or 'all'}, 5 lengths)",
-                     f"{ms(r['nhl_fast_index']['median_s'])} index, {ms(r['nhl_fast_average']['median_s'])} average",
-                     f"torch GEMM + sort + cumsum: {ms(r['torch_gpu_eval']['median_s'])}",
-                     f"{r['speedup_index_vs_torch']:.1f}x"])
-    for precision in ("fp32", "bf16_autocast"):
-        r = tr[precision]
-        rows.append([f"training step B {r['batch']}, {r['in_features']} -> 8..128 bits, {precision}",
-                     f"{r['ours_ms']:.2f} ms", f"one 128-bit head {r['single_128_ms']:.2f} ms; reference-style "
-                     f"{r['reference_ms']:.1f} ms", f"{r['ours_over_single']:.2f}x the single head"])
-    for r in enc["rows"]:
-        rows.append([f"`encode` {r['rows']:,} x {r['in_features']} -> {r['bits']} bits",
-                     f"{r['encode_rows_per_s'] / 1e6:.1f} M rows/s",
-                     f"`sign(linear)` + `pack` {r['sign_linear_pack_rows_per_s'] / 1e6:.1f} M rows/s",
-                     f"{r['speedup']:.2f}x"])
-    return table(["benchmark", "nhl_fast", "alternative", "ratio"], rows)
+        out.append([f"`topk` Q {r['queries']:,}, N {r['database']:,}, {r['bits']} bits, k {r['k']}",
+                    ms(r["nhl_fast_median_s"]) + five, f"fp16 GEMM + `torch.topk`: {ms(r['gemm_topk_median_s'])}",
+                    f"{r['speedup_vs_gemm_topk']:.2f}x"])
+    for r in rows("gpu_map", "map"):
+        out.append([f"mAP {r['protocol']} ({r['queries']:,} x {r['database']:,}, top {r['topk'] or 'all'}, 5 lengths)",
+                    f"{ms(r['nhl_fast_index_median_s'])} index, {ms(r['nhl_fast_average_median_s'])} average",
+                    f"torch GEMM + sort + cumsum: {ms(r['torch_gpu_eval_median_s'])}",
+                    f"{r['speedup_index_vs_torch']:.1f}x"])
+    for r in rows("gpu_train", "train_step"):
+        out.append([f"training step B {r['batch']}, {r['in_features']} -> 8..128 bits, {r['precision']}",
+                    f"{r['ours_ms']:.2f} ms", f"one 128-bit head {r['single_128_ms']:.2f} ms; reference-style "
+                    f"{r['reference_ms']:.1f} ms", f"{r['ours_over_single']:.2f}x the single head"])
+    for r in rows("gpu_encode"):
+        out.append([f"`encode` {r['rows']:,} x {r['in_features']} -> {r['bits']} bits",
+                    f"{r['encode_rows_per_s'] / 1e6:.1f} M rows/s",
+                    f"`sign(linear)` + `pack` {r['sign_linear_pack_rows_per_s'] / 1e6:.1f} M rows/s",
+                    f"{r['speedup']:.2f}x"])
+    return table(["benchmark", "nhl_fast", "alternative", "ratio"], out)
+
+
+def side_by_side(name: str) -> str:
+    """bench/side_by_side.py's two builds: fastest run of each (min over rounds), their ratio, and the range
+    of the per-round ratios (how much is noise)."""
+    d = load(name)
+    old, new = d["config"]["builds"]
+    commit = {r["build"]: r["commit"] for r in d["rows"]}
+    params = lambda r: tuple((k, str(v)) for k, v in r.items()  # noqa: E731
+                             if k not in ("build", "commit", "round", "min_s", "median_s", "wall_min_s", "runs"))
+    best, per_round = {}, {}
+    for r in d["rows"]:
+        key = params(r)
+        best.setdefault(key, {}).setdefault(r["build"], []).append(r["min_s"])
+        per_round.setdefault(key, {}).setdefault(r["round"], {})[r["build"]] = r["min_s"]
+    out = []
+    for key, by in best.items():
+        ratios = [rs[new] / rs[old] for rs in per_round[key].values() if old in rs and new in rs]
+        what = dict(key)
+        label = what.pop("workload") + " " + ", ".join(f"{k} {v}" for k, v in what.items())
+        out.append([label, ms(min(by[old])), ms(min(by[new])), f"{min(by[new]) / min(by[old]):.3f}",
+                    f"{min(ratios):.2f} - {max(ratios):.2f}"])
+    return table(["workload", f"{old} ({commit[old]})", f"{new} ({commit[new]})", f"{new} / {old} (fastest runs)",
+                  "per-round ratios"], out)
 
 
 def cpu_index() -> str:
@@ -258,6 +287,8 @@ TABLES = {
     "cpu_distributed_projection": cpu_distributed_projection,
     "unsupervised_compare": unsupervised_compare,
     "cpu_unsupervised": cpu_unsupervised,
+    "house_side_by_side": lambda: side_by_side("house_side_by_side"),
+    "house_side_by_side_recheck": lambda: side_by_side("house_side_by_side_recheck"),
 }
 TABLES.update(fidelity_tables.TABLES)  # bench_fidelity.py's tables (their own file)
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- end table -->)", re.S)

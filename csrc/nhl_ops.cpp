@@ -1,6 +1,6 @@
 // Every nhl_fast op schema, in one place. Kernels register against these in
 // csrc/cpu/<op>_cpu.cpp (CPU) and the glue block of csrc/cuda/<op>_cuda.cu (CUDA), both checking
-// their arguments with csrc/checks.h; Python adds fakes and autograd (nhl_fast/_ops.py). The
+// their arguments with csrc/checks.h; Python adds fakes and autograd (nhl_fast/_ops.py, named below). The
 // pybind11 module reports build facts and controls the cache of large CPU outputs (cpu/output_cache.h).
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -13,6 +13,10 @@
 #endif
 
 TORCH_LIBRARY(nhl_fast, m) {
+  // The fakes (and autograd) live in Python, in this module: torch checks they are registered from it, and
+  // a fake-tensor call that reaches an op before they are (no `import nhl_fast`) names it in its error.
+  m.set_python_module("nhl_fast._ops");
+
   // --- engine: packed codes (int64 words, LSB-first), nested Hamming, top-k ---
   m.def("pack(Tensor codes) -> Tensor");
   m.def("unpack(Tensor packed, int bits) -> Tensor");

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from nhl_fast._checks import relaxed_codes
 from nhl_fast.kernels import on_tensor_device
 
 from ._projection_common import acc_and_precision
@@ -35,18 +36,6 @@ def packed_offsets(bits: tuple, device: torch.device) -> torch.Tensor:
     for b in bits:
         offsets.append(offsets[-1] + b)
     return torch.tensor(offsets, dtype=torch.int32, device=device)
-
-
-def check_bits(op: str, u: torch.Tensor, bits: Sequence[int]) -> tuple:
-    """bits as a tuple, checked like the C++ ops' check_codes (strictly increasing, >= 1, ending at u's width)."""
-    bits = tuple(int(b) for b in bits)
-    if u.dim() != 2 or u.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"{op}: u must be a (B, b_max) float32 or float64 matrix, got {u.dtype} {tuple(u.shape)}")
-    if not bits or any(b < 1 for b in bits) or any(a >= b for a, b in zip(bits, bits[1:])):
-        raise ValueError(f"{op}: bits must be strictly increasing and >= 1, got {list(bits)}")
-    if bits[-1] != u.shape[1]:
-        raise ValueError(f"{op}: u must have bits[-1] = {bits[-1]} columns, got {u.shape[1]}")
-    return bits
 
 
 @triton.jit
@@ -170,7 +159,7 @@ def _block(n: int, lo: int = 16, hi: int = 64) -> int:
 @on_tensor_device
 def cascade_distill_triton(u: torch.Tensor, bits: Sequence[int]):
     """((K-1,) D_k, (B, sum b_k) packed dD_k/du) of reference.cascade_distill, in u's dtype (float32/float64)."""
-    bits = check_bits("cascade_distill", u, bits)
+    bits = relaxed_codes(u, bits, "cascade_distill")
     u = u.contiguous()
     batch = u.shape[0]
     n_len = len(bits)

@@ -19,9 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
+from nhl_fast._checks import csq_grads_args
 from nhl_fast.kernels import on_tensor_device
 
-from .cascade_distill import check_bits, packed_offsets
+from .cascade_distill import packed_offsets
 
 
 @triton.jit
@@ -78,12 +79,8 @@ def _csq_grads_kernel(u_ptr, s_ptr, tie_ptr, off_ptr, grad_ptr, part_ptr, B, str
 def csq_grads_triton(u: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, tie: torch.Tensor,
                      bits: Sequence[int], lambda_: float):
     """((K,) L_k, (B, sum b_k) packed dL_k/du[:, :b_k]) of reference.csq_grads, in u's dtype."""
-    bits = check_bits("csq_grads", u, bits)
+    bits = csq_grads_args(u, labels, centers, tie, bits)
     n_len, total_cols, batch = len(bits), sum(bits), u.shape[0]
-    if centers.dim() != 2 or centers.shape[1] not in (total_cols, bits[-1]) or labels.dim() != 2 \
-            or labels.shape != (batch, centers.shape[0]) or tie.shape != (centers.shape[1],):
-        raise ValueError(f"csq_grads: labels (B, C), centers (C, sum b_k) or (C, b_max) and tie (centre columns,) "
-                         f"expected, got {tuple(labels.shape)}, {tuple(centers.shape)}, {tuple(tie.shape)}")
     if batch == 0:  # a mean over nothing: nan, as the spec
         return torch.full((n_len,), float("nan"), dtype=u.dtype, device=u.device), u.new_empty(0, total_cols)
     shared = centers.shape[1] != total_cols

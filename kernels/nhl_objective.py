@@ -21,9 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
+from nhl_fast._checks import objective_args
 from nhl_fast.kernels import on_tensor_device
 
-from .cascade_distill import cascade_distill_triton, check_bits, packed_offsets
+from .cascade_distill import cascade_distill_triton, packed_offsets
 
 
 @triton.jit
@@ -137,18 +138,9 @@ def nhl_objective_triton(u: torch.Tensor, grads: Optional[torch.Tensor], losses:
                          beta: float, distill: float, faithful: bool, closed_form: bool):
     """(total, grad_u (B, b_max), weights (K,), conflicts (K, K) bool, dots (K, K), dist (K-1,)) of
     reference.nhl_objective, in u's dtype."""
-    bits = check_bits("nhl_objective", u, bits)
+    bits = objective_args(u, grads, losses, x, relax_deriv, bits, beta, distill, closed_form)
     n_len, total_cols = len(bits), sum(bits)
     batch, b_max = u.shape
-    if closed_form and grads is None:
-        raise ValueError("nhl_objective: closed_form needs grads")
-    for name, t, shape in (("grads", grads, (batch, total_cols)), ("relax_deriv", relax_deriv, (batch, b_max)),
-                           ("x", x, (batch, x.shape[1] if x is not None and x.dim() == 2 else -1))):
-        if t is not None and (tuple(t.shape) != shape or t.dtype != u.dtype):
-            raise ValueError(f"nhl_objective: {name} must be {u.dtype} of shape {shape}, "
-                             f"got {t.dtype} {tuple(t.shape)}")
-    if losses.shape != (n_len,):
-        raise ValueError(f"nhl_objective: losses must be ({n_len},), got {tuple(losses.shape)}")
     device, dtype = u.device, u.dtype
     acc = tl.float64 if dtype == torch.float64 else tl.float32
     offsets = packed_offsets(bits, device)

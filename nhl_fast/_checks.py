@@ -308,3 +308,38 @@ def sorted_nce_args(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, z_anchor:
     if not all(t > 0 and math.isfinite(t) for t in sort_tau):
         raise ValueError(f"{op}: sort_tau={list(sort_tau)} must be finite numbers > 0")
     return bits
+
+
+def csq_grads_args(u: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, tie: torch.Tensor, bits,
+                   op: str = "csq_grads") -> tuple[int, ...]:
+    """csq_grads' arguments (its fake and its Triton launcher; C++: csq_grads_cpu's checks): relaxed codes u,
+    labels (B, C), centers (C, sum b_k) or (C, b_max), tie one sign per centre column, all in u's dtype."""
+    bits = relaxed_codes(u, bits, op)
+    batch, b_max, total = u.shape[0], u.shape[1], sum(bits)
+    shaped(labels, "labels", (batch, None), u.dtype, op, like="u")
+    shaped(centers, "centers", (labels.shape[1], None), u.dtype, op, like="u")
+    ensure((centers.shape[1] == total) | (centers.shape[1] == b_max), ValueError,
+           lambda: f"{op}: centers must be (C, sum b_k) = (C, {total}) (a centre per length) or (C, b_max) = "
+                   f"(C, {b_max}) (nested centres), got shape {tuple(centers.shape)}")
+    shaped(tie, "tie", (centers.shape[1],), u.dtype, op, like="u")
+    return bits
+
+
+def objective_args(u: torch.Tensor, grads: Optional[torch.Tensor], losses: torch.Tensor, x: Optional[torch.Tensor],
+                   relax_deriv: Optional[torch.Tensor], bits, beta: float, distill: float, closed_form: bool,
+                   op: str = "nhl_objective") -> tuple[int, ...]:
+    """nhl_objective's arguments (its fake and its Triton launcher; C++: nhl_objective_cpu's checks)."""
+    bits = relaxed_codes(u, bits, op)
+    batch, b_max = u.shape
+    shaped(losses, "losses", (len(bits),), op=op)
+    if closed_form and grads is None:
+        raise ValueError(f"{op}: closed_form needs grads")
+    if not beta > 0 or not distill >= 0:
+        raise ValueError(f"{op}: beta must be > 0 and distill >= 0, got beta={beta}, distill={distill}")
+    if grads is not None:
+        shaped(grads, "grads", (batch, sum(bits)), u.dtype, op, like="u")
+    if x is not None:
+        shaped(x, "x", (batch, None), u.dtype, op, like="u")
+    if relax_deriv is not None:
+        shaped(relax_deriv, "relax_deriv", (batch, b_max), u.dtype, op, like="u")
+    return bits

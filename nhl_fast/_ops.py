@@ -1,6 +1,7 @@
 """Python-side op registration, loaded by ``import nhl_fast``: one fake per op (shared by its compiled form,
-csrc/nhl_ops.cpp, and its Triton twin), the Triton twins as torch custom ops ``nhl_fast::<op>_triton`` (so
-torch.compile and opcheck see them), and the autograd formula of nested_projection.
+csrc/nhl_ops.cpp, which names this module as its fakes' home with m.set_python_module, and its Triton twin),
+the Triton twins as torch custom ops ``nhl_fast::<op>_triton`` (so torch.compile and opcheck see them), and
+the autograd formula of nested_projection.
 
 Each fake checks its inputs with the op's validators (nhl_fast._checks: symbolic conditions become
 torch._check asserts), so a torch.compile or opcheck run on fake tensors rejects what the kernels reject,
@@ -156,36 +157,15 @@ def _cascade_distill_fake(u: Tensor, bits: list[int]) -> tuple[Tensor, Tensor]:
 def _nhl_objective_fake(u: Tensor, grads: Optional[Tensor], losses: Tensor, x: Optional[Tensor],
                         relax_deriv: Optional[Tensor], bits: list[int], beta: float, distill: float, faithful: bool,
                         closed_form: bool):
-    op = "nhl_objective"
-    bits = C.relaxed_codes(u, bits, op)
-    k, (batch, b_max) = len(bits), u.shape
-    C.shaped(losses, "losses", (k,), op=op)
-    if closed_form and grads is None:
-        raise ValueError(f"{op}: closed_form needs grads")
-    if not beta > 0 or not distill >= 0:
-        raise ValueError(f"{op}: beta must be > 0 and distill >= 0, got beta={beta}, distill={distill}")
-    if grads is not None:
-        C.shaped(grads, "grads", (batch, sum(bits)), u.dtype, op, like="u")
-    if x is not None:
-        C.shaped(x, "x", (batch, None), u.dtype, op, like="u")
-    if relax_deriv is not None:
-        C.shaped(relax_deriv, "relax_deriv", (batch, b_max), u.dtype, op, like="u")
+    k = len(C.objective_args(u, grads, losses, x, relax_deriv, bits, beta, distill, closed_form))
     return (u.new_empty(()), u.new_empty(u.shape), u.new_empty((k,)), u.new_empty((k, k), dtype=torch.bool),
             u.new_empty((k, k)), u.new_empty((k - 1,)))
 
 
 def _csq_grads_fake(u: Tensor, labels: Tensor, centers: Tensor, tie: Tensor, bits: list[int],
                     lambda_: float) -> tuple[Tensor, Tensor]:
-    op = "csq_grads"
-    bits = C.relaxed_codes(u, bits, op)
-    batch, b_max, total = u.shape[0], u.shape[1], sum(bits)
-    C.shaped(labels, "labels", (batch, None), u.dtype, op, like="u")
-    C.shaped(centers, "centers", (labels.shape[1], None), u.dtype, op, like="u")
-    C.ensure((centers.shape[1] == total) | (centers.shape[1] == b_max), ValueError,
-             lambda: f"{op}: centers must be (C, sum b_k) = (C, {total}) (a centre per length) or (C, b_max) = "
-                     f"(C, {b_max}) (nested centres), got shape {tuple(centers.shape)}")
-    C.shaped(tie, "tie", (centers.shape[1],), u.dtype, op, like="u")
-    return u.new_empty((len(bits),)), u.new_empty((batch, total))
+    bits = C.csq_grads_args(u, labels, centers, tie, bits)
+    return u.new_empty((len(bits),)), u.new_empty((u.shape[0], sum(bits)))
 
 
 # ---------------------------------------------------------------- unsupervised: sorted_nce, sorted_nce_backward

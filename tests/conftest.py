@@ -40,3 +40,16 @@ def one_thread():
 
 def pytest_report_header(config):
     return [f"nhl_fast build: {nhl_fast.build_info()}", f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')}"]
+
+
+@pytest.fixture
+def bench_common(tmp_path, monkeypatch):
+    """The source tree's bench/_common.py (the benchmarks' harness), writing its results to tmp_path."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "_common.py")
+    spec = importlib.util.spec_from_file_location("bench_common_under_test", path)
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))
+    return common

@@ -1,11 +1,16 @@
 """The fused C++ op nhl_fast::cascade_distill (distillation value + closed-form packed gradient)
 against the torch formula (reference.cascade_distill) and against autograd of the per-pair formula; opcheck."""
+import os
+import sys
+
 import pytest
 import torch
 
 from nhl_fast import reference
 from nhl_fast._dispatch import not_supported_reasons
-from nhl_fast.app.reference_head import sp_distill
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from reference_head import sp_distill  # noqa: E402  (the reference code's rendition, shared with bench/)
 
 pytestmark = pytest.mark.skipif(bool(not_supported_reasons("cpp", torch.device("cpu"))),
                                 reason="the C++ extension is not built")

@@ -162,6 +162,21 @@ def test_the_one_line_from_the_issue():
 
 
 @needs_ext
+def test_the_schemas_name_the_module_of_their_fakes():
+    # csrc/nhl_ops.cpp's m.set_python_module: torch checks, at a fake's first call, that it was registered
+    # from nhl_fast._ops (a fake registered elsewhere raises), and names the module when one is missing
+    for name, row in OPS.items():
+        stub = torch._C._dispatch_pystub(f"nhl_fast::{row['cpp']}", "")
+        assert stub is not None and stub[0] == "nhl_fast._ops", name
+    out = fresh_python("import torch, nhl_fast\n"
+                       "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+                       "with FakeTensorMode():\n"
+                       "    q = torch.empty(3, 2, dtype=torch.int64)\n"
+                       "    print(tuple(torch.ops.nhl_fast.hamming(q, q, [8, 128]).shape))\n")
+    assert out.strip() == "(2, 3, 3)"
+
+
+@needs_ext
 @pytest.mark.parametrize("name", sorted(EXPECTED_OPS))
 def test_every_op_has_a_cpu_kernel_and_a_triton_twin_of_the_same_schema(name):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"nhl_fast::{name}", "CPU")

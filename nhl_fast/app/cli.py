@@ -30,13 +30,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_bits(text: str) -> tuple:
+    from nhl_fast._checks import increasing_lengths  # the library's one check of code lengths
+
     try:
         bits = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 8,16,32,64,128, got {text!r}")
-    if not bits or any(b < 1 for b in bits) or any(a >= b for a, b in zip(bits, bits[1:])):
-        raise argparse.ArgumentTypeError(f"lengths must be positive and strictly increasing, got {text!r}")
-    return bits
+    try:
+        return increasing_lengths(bits, "--bits")
+    except ValueError:  # the option's own words, not the library's
+        raise argparse.ArgumentTypeError(f"lengths must be positive and strictly increasing, got {text!r}") from None
 
 
 def parse_topk(text: str) -> Optional[int]:

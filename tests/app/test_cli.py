@@ -10,7 +10,7 @@ import torch
 
 import nhl_fast as nf
 from nhl_fast.app.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nhl_fast.app.cli import main
+from nhl_fast.app.cli import main, parse_bits
 from nhl_fast.app.model import build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -260,6 +260,22 @@ def test_bad_options(tmp_path, capsys):
     assert rc == 2 and "bogus" in err
 
 
+@pytest.mark.parametrize("text, bits", [("8,16,32", (8, 16, 32)), (" 8, 13 ,100,", (8, 13, 100)), ("64", (64,))])
+def test_parse_bits(text, bits):
+    assert parse_bits(text) == bits
+
+
+@pytest.mark.parametrize("text, says", [("16,8", "strictly increasing"), ("8,8", "strictly increasing"),
+                                        ("0,8", "positive"), ("", "positive"), (",", "positive"),
+                                        ("8,x", "comma-separated integers"), ("8.5", "comma-separated integers")])
+def test_parse_bits_rejects_with_the_options_words(text, says):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=says) as e:
+        parse_bits(text)
+    assert repr(text) in str(e.value)
+
+
 @pytest.mark.parametrize("argv, command, says", [
     (["train", "--bits", "16,8"], "train", "argument --bits: lengths must be positive and strictly increasing"),
     (["train", "--lr", "fast"], "train", "argument --lr: invalid float value: 'fast'"),
@@ -382,21 +398,8 @@ def test_bench_passes_each_script_its_smoke_flag(tmp_path, capsys, monkeypatch):
     assert not (d / "bench_gpu.argv").exists()
 
 
-def _bench_common(monkeypatch, results):
-    """The source tree's bench/_common.py, writing to `results`."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench",
-                        "_common.py")
-    spec = importlib.util.spec_from_file_location("bench_common_under_test", path)
-    common = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(common)
-    monkeypatch.setattr(common, "RESULTS", str(results))
-    return common
-
-
-def test_quick_bench_runs_never_overwrite_the_full_results(tmp_path, monkeypatch):
-    common = _bench_common(monkeypatch, tmp_path)
+def test_quick_bench_runs_never_overwrite_the_full_results(tmp_path, bench_common):
+    common = bench_common
     common.parser("a benchmark").parse_args(["--quick"])
     for name in ("bench_topk", "bench_map_quick"):  # bench_topk.py asks for its full name even with --quick
         common.write_results(name, {"rows": []})

@@ -1,7 +1,8 @@
 """The NHL reference code's multi-length head and distillation, written as it does them
 (hly1998/NHL bit_length/model_grand_sd.py: RML_E and the per-pair similarity-preserving loss).
-Not used for training: the benchmark's reference-style step and the tests' literal re-run of the
-reference step share these, so both compare against one rendition of the reference."""
+Not part of the library or the app: bench_train_step.py's reference-style step and the tests' literal
+re-run of the reference step (tests/test_objective.py, tests/test_cascade_distill.py) share these, so both
+compare against one rendition of the reference."""
 from __future__ import annotations
 
 import torch
