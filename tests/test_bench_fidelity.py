@@ -55,7 +55,7 @@ def test_quick_run_writes_rows(tmp_path):
         if os.path.exists(path):
             os.remove(path)
     rows = d["rows"]
-    assert set(d) == {"benchmark", "machine", "config", "rows"}
+    assert tuple(d) == ("benchmark", "commit", "version", "torch", "machine", "date", "config", "rows")
     assert {(r["recipe"], r["bits"]) for r in rows} == {(rc, b) for rc in ("independent", "nested", "default")
                                                         for b in B.BITS}
     assert all(0 <= r["map"] <= 1 for r in rows)

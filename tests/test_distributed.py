@@ -162,6 +162,46 @@ def _ddp_step(rank, world, loss_name):
         assert torch.allclose(b, r, rtol=0, atol=1e-6), (name, (b - r).abs().max())
 
 
+class _TwoViewNet(_Net):
+    def forward(self, x):
+        z = torch.relu(self.body(x))
+        return z, self.head(z)
+
+
+def _ddp_step_two_views(rank, world, loss_name):
+    """The unsupervised objective under DDP: both views' codes and latents gathered with their gradient, so
+    2 ranks with B/2 each take the step of one process with B (the losses here are deterministic)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(0)
+    B, steps = 8, 2
+    xs = torch.randn(steps, B, 12)
+    xs2 = xs + 0.3 * torch.randn(steps, B, 12)
+    torch.manual_seed(1)
+    net, obj = _TwoViewNet(), nf.NHLObjective(loss_name, bit_list=(8, 16, 32), adaptive=True, distill=0.1)
+    ref_net, ref_obj = copy.deepcopy(net), copy.deepcopy(obj)
+    obj.global_batch = nf.distributed.GlobalBatch()
+    ddp = DDP(net)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
+    ref_opt = torch.optim.SGD(ref_net.parameters(), lr=0.5)
+    lo, hi = rank * B // world, (rank + 1) * B // world
+    for s in range(steps):
+        ref_opt.zero_grad()
+        (z1, u1), (z2, u2) = ref_net(xs[s]), ref_net(xs2[s])
+        ref_loss = ref_obj(u1, u_other=u2, z=z1, z_other=z2)
+        ref_loss.backward()
+        ref_opt.step()
+        opt.zero_grad()
+        (z1, u1), (z2, u2) = ddp(xs[s, lo:hi]), ddp(xs2[s, lo:hi])
+        loss = obj(u1, u_other=u2, z=z1, z_other=z2)
+        loss.backward()
+        opt.step()
+        assert abs(loss.item() - ref_loss.item()) <= 1e-6 * max(1.0, abs(ref_loss.item())), (s, loss, ref_loss)
+        assert torch.allclose(obj.last_weights, ref_obj.last_weights, rtol=0, atol=1e-6), (s, obj.last_weights)
+        for (name, p), r in zip(net.named_parameters(), ref_net.parameters()):
+            assert torch.allclose(p, r, rtol=0, atol=1e-6), (s, loss_name, name, (p - r).abs().max())
+
+
 def _fault(rank, world, how, out):
     q, db, _, _ = data()
     if rank == 1:
@@ -205,6 +245,8 @@ def _two_ranks(rank, world, folder):
     _index(rank, world, [120, 80], folder)
     for loss_name in ("csq", "dpsh"):  # closed-form and autograd paths; dpsh has a memory bank
         _ddp_step(rank, world, loss_name)
+    for loss_name in ("sortednce", "greedyhash"):  # two views: codes and latents of both travel
+        _ddp_step_two_views(rank, world, loss_name)
     _train_command(rank, folder)
 
 

@@ -232,7 +232,7 @@ def test_loss_rejects_missing_or_mismatched_views():
         loss(u, v[:, :12], z=z, z_other=a)
     with pytest.raises(ValueError, match="the two views must have one shape"):
         loss(u, torch.cat([v, v])[:, :16], z=z, z_other=a)
-    with pytest.raises(ValueError, match="u_other must be"):
+    with pytest.raises(TypeError, match="u_other must be floating"):
         loss(u, torch.arange(8), z=z, z_other=a)  # labels where the second view belongs
     with pytest.raises(ValueError, match="z_other must be"):
         loss(u, v, z=z, z_other=a[:4])

@@ -1,14 +1,18 @@
 """The bounded weight rule and the per-length loss scale: against naive float64 math and autograd, and the
 objective's defaults (centres, weight rule) with every alternative still selectable."""
+import os
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import nhl_fast as nf
 from nhl_fast import reference
-from nhl_fast.app.reference_head import sp_distill
 from nhl_fast.app.train import TrainConfig, make_objective
 from nhl_fast.weight_rules import BoundedWeights, bounded_weights
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from reference_head import sp_distill  # noqa: E402  (the reference code's rendition, shared with bench/)
 
 BITS = (4, 8, 13, 30)
 

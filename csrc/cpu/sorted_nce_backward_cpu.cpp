@@ -30,8 +30,10 @@ void backward_terms(const sorted_nce::Inputs<T>& in, const T* dist, at::ArrayRef
       if (grad[k] == 0) continue;  // the same k on every thread: the loop's barriers stay matched
       const T inv_ts = T(1.0 / sort_tau[k]);
       const T scale = T(grad[k] / double(B));
-      // one anchor per iteration: row i of coef and delta[i] are its own (the barrier ends each length)
-#pragma omp for schedule(dynamic, 4)
+      // one anchor per iteration: row i of coef and delta[i] are its own (the barrier ends each length);
+      // a static schedule gives each thread the same anchors every call, so the per-thread h / dz partial
+      // sums, and the gradients, are the same bits run to run (a dynamic one made backward non-reentrant)
+#pragma omp for schedule(static)
       for (int64_t i = 0; i < B; ++i) {
         const T* drow = dist + (k * B + i) * B;
         sorted_nce::sort_row(in, drow, inv_ts, ws);
