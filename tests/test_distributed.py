@@ -127,37 +127,43 @@ class _Net(torch.nn.Module):
         return self.head(torch.relu(self.body(x)))
 
 
-def _ddp_step(rank, world, loss_name):
+def _same_steps(rank, world, net, obj, loss_of, B, steps=2):
+    """`steps` SGD steps of DDP on this rank's rows (the objective on the global batch) against one process
+    with all B rows: equal loss, adaptive weights and parameters after every step. Returns the two objectives."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    torch.manual_seed(0)
-    B, steps = 8, 2
-    xs = torch.randn(steps, B, 12)
-    ys = torch.randint(0, 4, (steps, B))
-    idx = torch.stack([torch.randperm(20)[:B] for _ in range(steps)])
-    make = lambda: nf.NHLObjective(loss_name, bit_list=(8, 16, 32), adaptive=True, distill=0.1,  # noqa: E731
-                                   num_classes=4, num_train=20)
-    torch.manual_seed(1)
-    net, obj = _Net(), make()
     ref_net, ref_obj = copy.deepcopy(net), copy.deepcopy(obj)
     obj.global_batch = nf.distributed.GlobalBatch()
     ddp = DDP(net)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
     ref_opt = torch.optim.SGD(ref_net.parameters(), lr=0.5)
-    lo, hi = rank * B // world, (rank + 1) * B // world
+    mine = slice(rank * B // world, (rank + 1) * B // world)
     for s in range(steps):
         ref_opt.zero_grad()
-        ref_loss = ref_obj(ref_net(xs[s]), ys[s], idx[s])
+        ref_loss = loss_of(ref_net, ref_obj, s, slice(None))
         ref_loss.backward()
         ref_opt.step()
         opt.zero_grad()
-        loss = obj(ddp(xs[s, lo:hi]), ys[s, lo:hi], idx[s, lo:hi])
+        loss = loss_of(ddp, obj, s, mine)
         loss.backward()
         opt.step()
         assert abs(loss.item() - ref_loss.item()) <= 1e-6 * max(1.0, abs(ref_loss.item())), (s, loss, ref_loss)
         assert torch.allclose(obj.last_weights, ref_obj.last_weights, rtol=0, atol=1e-6), (s, obj.last_weights)
         for (name, p), r in zip(net.named_parameters(), ref_net.parameters()):
             assert torch.allclose(p, r, rtol=0, atol=1e-6), (s, name, (p - r).abs().max())
+    return obj, ref_obj
+
+
+def _ddp_step(rank, world, loss_name):
+    torch.manual_seed(0)
+    B, steps = 8, 2
+    xs = torch.randn(steps, B, 12)
+    ys = torch.randint(0, 4, (steps, B))
+    idx = torch.stack([torch.randperm(20)[:B] for _ in range(steps)])
+    torch.manual_seed(1)
+    net = _Net()
+    obj = nf.NHLObjective(loss_name, bit_list=(8, 16, 32), adaptive=True, distill=0.1, num_classes=4, num_train=20)
+    obj, ref_obj = _same_steps(rank, world, net, obj, lambda m, o, s, r: o(m(xs[s, r]), ys[s, r], idx[s, r]), B, steps)
     for (name, b), r in zip(obj.named_buffers(), ref_obj.buffers()):  # memory banks: every rank's rows
         assert torch.allclose(b, r, rtol=0, atol=1e-6), (name, (b - r).abs().max())
 
@@ -171,35 +177,18 @@ class _TwoViewNet(_Net):
 def _ddp_step_two_views(rank, world, loss_name):
     """The unsupervised objective under DDP: both views' codes and latents gathered with their gradient, so
     2 ranks with B/2 each take the step of one process with B (the losses here are deterministic)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     torch.manual_seed(0)
     B, steps = 8, 2
     xs = torch.randn(steps, B, 12)
     xs2 = xs + 0.3 * torch.randn(steps, B, 12)
+
+    def loss_of(model, obj, s, rows):
+        (z1, u1), (z2, u2) = model(xs[s, rows]), model(xs2[s, rows])
+        return obj(u1, u_other=u2, z=z1, z_other=z2)
+
     torch.manual_seed(1)
     net, obj = _TwoViewNet(), nf.NHLObjective(loss_name, bit_list=(8, 16, 32), adaptive=True, distill=0.1)
-    ref_net, ref_obj = copy.deepcopy(net), copy.deepcopy(obj)
-    obj.global_batch = nf.distributed.GlobalBatch()
-    ddp = DDP(net)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
-    ref_opt = torch.optim.SGD(ref_net.parameters(), lr=0.5)
-    lo, hi = rank * B // world, (rank + 1) * B // world
-    for s in range(steps):
-        ref_opt.zero_grad()
-        (z1, u1), (z2, u2) = ref_net(xs[s]), ref_net(xs2[s])
-        ref_loss = ref_obj(u1, u_other=u2, z=z1, z_other=z2)
-        ref_loss.backward()
-        ref_opt.step()
-        opt.zero_grad()
-        (z1, u1), (z2, u2) = ddp(xs[s, lo:hi]), ddp(xs2[s, lo:hi])
-        loss = obj(u1, u_other=u2, z=z1, z_other=z2)
-        loss.backward()
-        opt.step()
-        assert abs(loss.item() - ref_loss.item()) <= 1e-6 * max(1.0, abs(ref_loss.item())), (s, loss, ref_loss)
-        assert torch.allclose(obj.last_weights, ref_obj.last_weights, rtol=0, atol=1e-6), (s, obj.last_weights)
-        for (name, p), r in zip(net.named_parameters(), ref_net.parameters()):
-            assert torch.allclose(p, r, rtol=0, atol=1e-6), (s, loss_name, name, (p - r).abs().max())
+    _same_steps(rank, world, net, obj, loss_of, B, steps)
 
 
 def _fault(rank, world, how, out):
