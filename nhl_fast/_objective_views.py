@@ -27,17 +27,10 @@ class Views:
         return base(u[: self.batch], u[self.batch:], indices, z=self.z, z_other=self.z_other)
 
 
-def _full(codes, name: str) -> Tensor:
-    if isinstance(codes, NestedCodes):
-        return codes.full
-    if isinstance(codes, (list, tuple)) and codes and isinstance(codes[-1], Tensor):
-        return codes[-1]
-    raise TypeError(f"{name} must be the list of codes from NestedHashLayer, got {type(codes).__name__}")
-
-
 def join_views(u_list, labels, u_other, x: Optional[Tensor], x_other: Optional[Tensor],
-               z: Optional[Tensor], z_other: Optional[Tensor], bit_list):
-    """(codes of the 2B stacked rows, stacked x or None, Views) for an unsupervised base loss."""
+               z: Optional[Tensor], z_other: Optional[Tensor], bit_list, full_codes):
+    """(codes of the 2B stacked rows, stacked x or None, Views) for an unsupervised base loss; full_codes(codes, name)
+    is the objective's check of one view's code list, returning its full (B, b_max) codes."""
     if labels is not None:
         raise TypeError("this objective's base loss is unsupervised: it takes no labels (pass labels=None and "
                         "the second view's codes as u_other=)")
@@ -47,7 +40,7 @@ def join_views(u_list, labels, u_other, x: Optional[Tensor], x_other: Optional[T
     if not isinstance(u_other, (list, tuple)) or len(u_other) != len(bit_list):
         raise TypeError(f"u_other must be the list of {len(bit_list)} codes of the second view, "
                         f"got {type(u_other).__name__}")
-    a, b = _full(u_list, "u_list"), _full(u_other, "u_other")
+    a, b = full_codes(u_list, "u_list"), full_codes(u_other, "u_other")
     if a.shape != b.shape:
         raise ValueError(f"the two views must have one shape, got u_list {tuple(a.shape)} and u_other "
                          f"{tuple(b.shape)}")

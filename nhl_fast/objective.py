@@ -228,15 +228,15 @@ class NHLObjective(nn.Module):
         #: what it returns (nhl_fast.distributed.GlobalBatch: every rank's batch, for DDP training)
         self.global_batch: Optional[Callable] = None
 
-    def _full_codes(self, u_list) -> Tensor:
+    def _full_codes(self, u_list, name: str = "u_list") -> Tensor:
         if not isinstance(u_list, (list, tuple)):
-            raise TypeError(f"u_list must be the list of codes from NestedHashLayer, got {type(u_list).__name__}")
+            raise TypeError(f"{name} must be the list of codes from NestedHashLayer, got {type(u_list).__name__}")
         if len(u_list) != len(self.bit_list):
-            raise ValueError(f"u_list has {len(u_list)} codes, bit_list={self.bit_list} needs {len(self.bit_list)}")
+            raise ValueError(f"{name} has {len(u_list)} codes, bit_list={self.bit_list} needs {len(self.bit_list)}")
         for u, b in zip(u_list, self.bit_list):
             if not isinstance(u, Tensor) or u.dim() != 2 or u.shape[1] != b:
                 got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
-                raise ValueError(f"u_list entries must be (B, b_k) tensors for bit_list={self.bit_list}, got {got}")
+                raise ValueError(f"{name} entries must be (B, b_k) tensors for bit_list={self.bit_list}, got {got}")
         return u_list.full if isinstance(u_list, NestedCodes) else u_list[-1]
 
     def _labels(self, labels: Tensor) -> Tensor:
@@ -307,8 +307,8 @@ class NHLObjective(nn.Module):
                 u_other, _, _, x_other = self.global_batch(u_other, None, None, x_other)
                 z, z_other = self.global_batch.rows(z), self.global_batch.rows(z_other)
         if unsupervised:  # two views, no labels: one batch of 2B rows (_objective_views)
-            self._full_codes(u_list)
-            u_list, x, views = join_views(u_list, labels, u_other, x, x_other, z, z_other, self.bit_list)
+            u_list, x, views = join_views(u_list, labels, u_other, x, x_other, z, z_other, self.bit_list,
+                                          self._full_codes)
         u = self._full_codes(u_list)
         k = len(self.bit_list)
         training = torch.is_grad_enabled() and u.requires_grad
