@@ -1,15 +1,16 @@
 """Triton sorted_nce: SortedNCE of every code length through a fused SoftSort (spec: reference.sorted_nce).
 
-The same decomposition as the C++ kernel (csrc/kernels/sorted_nce.h): the d-wide work is three B x B Grams
-(D_k from the prefix code Grams, gz = z z^T, mt = a z^T, torch GEMMs), and one program per (length, anchor)
-walks the anchor's ranks in tiles of BLOCK_R against its whole candidate row (BLOCK_B >= B):
-  - the stable rank of every candidate (B x B comparisons in tiles: no sort), the sorted distance q_r of each
-    rank and the hard pick j*(r) (the first candidate with distance q_r) by masked reductions;
-  - the SoftSort tile Pt = softmax_j(-|q_r - D_j| / tau_s) (largest logit exactly 0: no running max needed);
-  - per rank only <e_r, a_i> and |e_r|^2: hard from the Grams (mt[i, j*], gz[j*, j*]), soft as Pt mt[i, :] and
-    <Pt gz, Pt> (gz streamed in BLOCK_J-row chunks through tl.dot).
-Nothing (B, B, B) or (B, B, d) is formed. The loss over ranks (a logsumexp per anchor) is a few elementwise torch
-ops on the (K, B, B) rank logits. The backward (kernels/sorted_nce_backward.py) recomputes all of this.
+The same algorithm as the C++ kernel (csrc/kernels/sorted_nce.h): in each anchor's sorted order (torch's stable
+sort of the (K, B, B) distances, q_r = D_i,pi(r)) the SoftSort weights w_rs = exp(-|q_r - q_s| / tau_s) factor
+into two linear recurrences with factors f_r = exp(-(q_r - q_{r-1}) / tau_s) <= 1,
+  F_r = f_r F_{r-1} + x_r (s <= r),   K_r = f_{r+1} (K_{r+1} + x_{r+1}) (s > r),   (W x)_r = F_r + K_r,
+so the soft sorted latent e~_r = (W z_pi)_r / Z_r (Z = W 1) costs O(B d) per anchor: no (B, B, B) permutation
+and no (B, B, d) sorted latents. One program walks its anchors' ranks with d-wide running sums; the K_r rows
+of the anchor in hand sit in the program's own (B, d) scratch slot (programs are capped so that the slots stay
+within SCRATCH elements). Per rank it writes <a_i, e~_r>, <h_r, e~_r> (h_r = e~_r soft, z_j*(r) hard) and, for
+the backward, the strict parts <a_i | h_r, Cs_r - As_r> (q_s > q_r minus q_s < q_r). The hard forward reads
+<a_i, z_j*> and |z_j*|^2 (a z^T and the norms, torch). The loss over ranks (a logsumexp per anchor) is a few
+elementwise torch ops on the (K, B, B) rank logits. The backward (kernels/sorted_nce_backward.py) recomputes.
 """
 from __future__ import annotations
 
@@ -21,93 +22,78 @@ import triton.language as tl
 
 from nhl_fast.kernels import on_tensor_device
 
-from ._projection_common import acc_and_precision
-
-EPS = 1e-8       # the norm floor of the reference's cosine
-MAX_BATCH = 2048  # one program holds a BLOCK_R x BLOCK_B tile of its anchor's candidate row
-BLOCK_R = 16
-BLOCK_J = 16
+EPS = 1e-8         # the norm floor of the reference's cosine
+MAX_BATCH = 2048   # kept for the batch check of the op contract
+SCRATCH = 1 << 24  # elements of (B, d) scratch slots over all programs
 
 
 @triton.jit
-def _candidate_ranks(d_ptr, row, B, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr):
-    """(offs, mask, distances, stable rank) of the anchor's candidates: rank_j = #{l: D_l < D_j or (D_l = D_j
-    and l < j)}, the position of j in the stable ascending sort."""
-    offs_j = tl.arange(0, BLOCK_B)
-    mj = offs_j < B
-    d_j = tl.load(d_ptr + row * B + offs_j, mask=mj, other=float("inf"))
-    rank = tl.zeros([BLOCK_B], dtype=tl.int32)
-    for l0 in range(0, B, BLOCK_R):
-        offs_l = l0 + tl.arange(0, BLOCK_R)
-        d_l = tl.load(d_ptr + row * B + offs_l, mask=offs_l < B, other=float("inf"))
-        before = (d_l[:, None] < d_j[None, :]) | ((d_l[:, None] == d_j[None, :]) & (offs_l[:, None] < offs_j[None, :]))
-        rank += tl.sum((before & (offs_l[:, None] < B)).to(tl.int32), axis=0)
-    return offs_j, mj, d_j, rank
-
-
-@triton.jit
-def _anchor_setup(d_ptr, its_ptr, mt_ptr, B, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr):
-    """This program's (length k, anchor i): its distance row's index, 1/tau_s, candidate ranks and mt[i, :]."""
-    k = tl.program_id(0)
-    i = tl.program_id(1)
-    row = k.to(tl.int64) * B + i
-    inv_ts = tl.load(its_ptr + k)
-    offs_j, mj, d_j, rank = _candidate_ranks(d_ptr, row, B, BLOCK_B, BLOCK_R)
-    mrow = tl.load(mt_ptr + i.to(tl.int64) * B + offs_j, mask=mj, other=0.0)
-    return i, row, inv_ts, offs_j, mj, d_j, rank, mrow
-
-
-@triton.jit
-def _rank_tile(d_j, offs_j, mj, rank, r0, B, inv_ts, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr):
-    """Ranks r0..r0+BLOCK_R: (offs, mask, one-hot rank->candidate, q_r, j*(r), SoftSort rows Pt, their sums)."""
-    offs_r = r0 + tl.arange(0, BLOCK_R)
-    mr = offs_r < B
-    hit = (rank[None, :] == offs_r[:, None]) & mj[None, :]
-    q = tl.sum(tl.where(hit, d_j[None, :], 0.0), axis=1)
-    same = (d_j[None, :] == q[:, None]) & mj[None, :]
-    jstar = tl.min(tl.where(same, offs_j[None, :], BLOCK_B), axis=1)
-    jstar = tl.where(mr & (jstar < B), jstar, 0)
-    w = tl.where(mj[None, :], tl.exp(-tl.abs(q[:, None] - d_j[None, :]) * inv_ts), 0.0)
-    total = tl.sum(w, axis=1)
-    return offs_r, mr, hit, q, jstar, w / total[:, None], total
-
-
-@triton.jit
-def _soft_gram_rows(d_ptr, gz_ptr, row, q, total, inv_ts, offs_j, mj, B, ACC: tl.constexpr, PRECISION: tl.constexpr,
-                    BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
-    """Y = Pt gz (BLOCK_R x BLOCK_B): Y_rl = <e_r, z_l>, gz streamed in BLOCK_J-row chunks, Pt's chunk recomputed."""
-    y = tl.zeros([BLOCK_R, BLOCK_B], dtype=ACC)
-    for j0 in range(0, B, BLOCK_J):
-        offs_c = j0 + tl.arange(0, BLOCK_J)
-        mc = offs_c < B
-        d_c = tl.load(d_ptr + row * B + offs_c, mask=mc, other=0.0)
-        p_c = tl.where(mc[None, :], tl.exp(-tl.abs(q[:, None] - d_c[None, :]) * inv_ts), 0.0) / total[:, None]
-        g_c = tl.load(gz_ptr + offs_c[:, None].to(tl.int64) * B + offs_j[None, :], mask=mc[:, None] & mj[None, :],
-                      other=0.0)
-        y = tl.dot(p_c.to(ACC), g_c.to(ACC), y, input_precision=PRECISION, out_dtype=ACC)
-    return y
-
-
-@triton.jit
-def _sorted_nce_rows_kernel(d_ptr, its_ptr, mt_ptr, gz_ptr, dot_ptr, n2_ptr, js_ptr, B, HARD: tl.constexpr,
-                            ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr,
-                            BLOCK_J: tl.constexpr):
-    """Per (length k, anchor i), every rank r: <e_r, a_i>, |e_r|^2 and j*(r), into (K, B, B) buffers."""
-    i, row, inv_ts, offs_j, mj, d_j, rank, mrow = _anchor_setup(d_ptr, its_ptr, mt_ptr, B, BLOCK_B, BLOCK_R)
-    for r0 in range(0, B, BLOCK_R):
-        offs_r, mr, hit, q, jstar, pt, total = _rank_tile(d_j, offs_j, mj, rank, r0, B, inv_ts, BLOCK_B, BLOCK_R)
+def _soft_latents(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, buf_ptr, row, i, B, d, HARD: tl.constexpr,
+                  STATS: tl.constexpr, BLOCK_D: tl.constexpr, ea_ptr, eh_ptr, sl_ptr, sh_ptr, zs_ptr):
+    """Anchor row `row` (= k B + i): e~_r into the slot buf (B, d); with STATS the per-rank scalars (see above),
+    and Z_r into zs."""
+    offs = tl.arange(0, BLOCK_D)
+    md = offs < d
+    base = row * B
+    a = tl.load(a_ptr + i * d + offs, mask=md, other=0.0)
+    acc = tl.zeros([BLOCK_D], dtype=a.dtype)
+    k1 = tl.sum(acc, axis=0)
+    for rr in range(0, B):  # K_r = sum_{s>r} w_rs z_pi(s) into buf[r], its scalar twin into zs
+        r = B - 1 - rr
+        nxt = r + 1
+        ok = nxt < B
+        fac = tl.load(f_ptr + base + nxt, mask=ok, other=0.0)
+        jn = tl.load(ord_ptr + base + nxt, mask=ok, other=0)
+        zn = tl.load(z_ptr + jn.to(tl.int64) * d + offs, mask=md & ok, other=0.0)
+        acc = fac * (acc + zn)
+        k1 = fac * (k1 + 1.0)
+        tl.store(buf_ptr + r * d + offs, acc, mask=md)
+        tl.store(zs_ptr + base + r, k1)
+    tl.debug_barrier()
+    acc = tl.zeros([BLOCK_D], dtype=a.dtype)
+    lo = tl.zeros([BLOCK_D], dtype=a.dtype)
+    f1 = tl.sum(acc, axis=0)
+    q_prev = tl.load(q_ptr + base)
+    for r in range(0, B):  # F_r, its strict part As_r (lo), e~_r = (F_r + K_r) / Z_r over K_r
+        fr = tl.load(f_ptr + base + r)
+        qr = tl.load(q_ptr + base + r)
+        jr = tl.load(ord_ptr + base + r)
+        keep = (r > 0) & (qr == q_prev)
+        lo = tl.where(keep, lo, fr * acc)
+        acc = fr * acc + tl.load(z_ptr + jr.to(tl.int64) * d + offs, mask=md, other=0.0)
+        f1 = fr * f1 + 1.0
+        zr = f1 + tl.load(zs_ptr + base + r)
+        kr = tl.load(buf_ptr + r * d + offs, mask=md, other=0.0)
+        e = (acc + kr) / zr
         if HARD:
-            dot = tl.load(mt_ptr + i.to(tl.int64) * B + jstar, mask=mr, other=0.0)
-            n2 = tl.load(gz_ptr + jstar.to(tl.int64) * B + jstar, mask=mr, other=0.0)
+            js = tl.load(js_ptr + base + r)
+            h = tl.load(z_ptr + js.to(tl.int64) * d + offs, mask=md, other=0.0)
         else:
-            dot = tl.sum(pt * mrow[None, :], axis=1)
-            y = _soft_gram_rows(d_ptr, gz_ptr, row, q, total, inv_ts, offs_j, mj, B, ACC, PRECISION, BLOCK_B,
-                                BLOCK_R, BLOCK_J)
-            n2 = tl.sum(y * pt, axis=1)
-        out = row * B + offs_r
-        tl.store(dot_ptr + out, dot, mask=mr)
-        tl.store(n2_ptr + out, n2, mask=mr)
-        tl.store(js_ptr + out, jstar, mask=mr)
+            h = e
+        if STATS:
+            lr = tl.load(last_ptr + base + r)
+            diff = tl.load(buf_ptr + lr * d + offs, mask=md, other=0.0) - lo  # Cs_r - As_r (buf[last] still K)
+            tl.store(sl_ptr + base + r, tl.sum(a * diff, axis=0))
+            tl.store(sh_ptr + base + r, tl.sum(h * diff, axis=0))
+            tl.store(ea_ptr + base + r, tl.sum(a * e, axis=0))
+            tl.store(eh_ptr + base + r, tl.sum(h * e, axis=0))
+        tl.debug_barrier()
+        tl.store(buf_ptr + r * d + offs, e, mask=md)
+        tl.store(zs_ptr + base + r, zr)
+        q_prev = qr
+
+
+@triton.jit
+def _sorted_nce_rows_kernel(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, buf_ptr, ea_ptr, eh_ptr, sl_ptr,
+                            sh_ptr, zs_ptr, B, d, n_rows, HARD: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Programs stride over the (length, anchor) rows; each owns one (B, d) scratch slot."""
+    pid = tl.program_id(0)
+    slot = buf_ptr + (pid + tl.zeros([], tl.int64)) * B * d
+    for row_ in range(pid, n_rows, tl.num_programs(0)):
+        row = row_ + tl.zeros([], tl.int64)
+        i = row % B
+        _soft_latents(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, slot, row, i, B, d, HARD,
+                      True, BLOCK_D, ea_ptr, eh_ptr, sl_ptr, sh_ptr, zs_ptr)
 
 
 def check_args(op: str, u, v, z, z_anchor, bits, m, tau, sort_tau) -> tuple:
@@ -117,13 +103,14 @@ def check_args(op: str, u, v, z, z_anchor, bits, m, tau, sort_tau) -> tuple:
 
     bits = _checks.sorted_nce_args(u, v, z, z_anchor, bits, m, tau, sort_tau, op)
     if u.shape[0] > MAX_BATCH:
-        raise ValueError(f"{op}: the Triton kernel takes batches of B <= {MAX_BATCH} (one candidate row per program), "
-                         f"got B = {u.shape[0]}; use backend='cpp' on CPU tensors")
+        raise ValueError(f"{op}: the Triton kernel takes batches of B <= {MAX_BATCH}, got B = {u.shape[0]}; "
+                         f"use backend='cpp' on CPU tensors")
     return bits
 
 
-def prepare(op: str, u, v, z, z_anchor, bits: Sequence[int], sort_tau: Sequence[float]):
-    """(D (K, B, B), gz, mt, |a|, 1/tau_s (K,)): D_k from one running prefix Gram, the B x B latent Grams."""
+def prepare(op: str, u, v, z, z_anchor, bits: Sequence[int], sort_tau: Sequence[float]) -> dict:
+    """D_k from one running prefix Gram, each row's stable sort (order, q), the recurrence factors f, the hard
+    picks j*(r) (first candidate of r's tie group), the last rank of r's tie group, a z^T, |z_j|^2 and |a_i|."""
     batch = u.shape[0]
     dist = torch.empty((len(bits), batch, batch), dtype=u.dtype, device=u.device)
     gram = torch.zeros((batch, batch), dtype=u.dtype, device=u.device)
@@ -134,28 +121,52 @@ def prepare(op: str, u, v, z, z_anchor, bits: Sequence[int], sort_tau: Sequence[
         lo = b
     if not bool(torch.isfinite(dist).all()):
         raise ValueError(f"{op}: u and v must be finite")
-    z, z_anchor = z.contiguous(), z_anchor.contiguous()
+    q, order = torch.sort(dist, dim=-1, stable=True)
     inv_ts = torch.tensor([1.0 / t for t in sort_tau], dtype=u.dtype, device=u.device)
-    return dist, z @ z.T, z_anchor @ z.T, torch.linalg.vector_norm(z_anchor, dim=1), inv_ts
+    f = torch.zeros_like(q)
+    f[..., 1:] = torch.exp(-(q[..., 1:] - q[..., :-1]) * inv_ts[:, None, None])  # exactly 1 on a tie
+    ranks = torch.arange(batch, device=u.device).expand_as(order)
+    start = torch.ones_like(q, dtype=torch.bool)
+    start[..., 1:] = q[..., 1:] != q[..., :-1]
+    first = torch.where(start, ranks, 0).cummax(-1).values
+    end = torch.ones_like(start)
+    end[..., :-1] = start[..., 1:]
+    last = torch.where(end, ranks, batch).flip(-1).cummin(-1).values.flip(-1)
+    z, z_anchor = z.contiguous(), z_anchor.contiguous()
+    return {"dist": dist, "q": q.contiguous(), "order": order.contiguous(), "f": f, "inv_ts": inv_ts,
+            "jstar": order.gather(-1, first).contiguous(), "last": last.contiguous(), "z": z, "a": z_anchor,
+            "mt": z_anchor @ z.T, "zn2": z.square().sum(1), "anorm": torch.linalg.vector_norm(z_anchor, dim=1)}
 
 
-def rank_terms(dist, gz, mt, inv_ts, hard: bool):
-    """(<e_r, a_i>, |e_r|^2, j*(r)), each (K, B, B), from one launch over (length, anchor)."""
-    n_len, batch = dist.shape[0], dist.shape[1]
-    dot, n2 = torch.empty_like(dist), torch.empty_like(dist)
-    jstar = torch.empty(dist.shape, dtype=torch.int32, device=dist.device)
-    acc, precision = acc_and_precision(dist.dtype)
-    precision = "ieee"  # |e_r|^2 feeds a cosine: no TF32
-    _sorted_nce_rows_kernel[(n_len, batch)](dist, inv_ts, mt, gz, dot, n2, jstar, batch, HARD=hard, ACC=acc,
-                                            PRECISION=precision, BLOCK_B=max(16, triton.next_power_of_2(batch)),
-                                            BLOCK_R=BLOCK_R, BLOCK_J=BLOCK_J)
-    return dot, n2, jstar
+def programs(p: dict) -> int:
+    n_rows, batch, d = p["q"].shape[0] * p["q"].shape[1], p["q"].shape[1], p["z"].shape[1]
+    return max(1, min(n_rows, SCRATCH // (batch * d)))
 
 
-def rank_logits(dot, n2, anorm, tau: float):
-    """x = c / tau with c_r = <e_r, a_i> / (max(|e_r|, eps) max(|a_i|, eps)), and |e_r|."""
+def rank_terms(p: dict, hard: bool) -> dict:
+    """Per (length, anchor, rank), each (K, B, B): <a_i, e~_r> (ea), <h_r, e~_r> (eh), the strict parts sl, sh,
+    and Z_r (zs)."""
+    z = p["z"]
+    batch, d = z.shape
+    n_rows = p["q"].shape[0] * batch
+    out = {name: torch.empty_like(p["q"]) for name in ("ea", "eh", "sl", "sh", "zs")}
+    grid = programs(p)
+    buf = torch.empty((grid, batch, d), dtype=z.dtype, device=z.device)
+    _sorted_nce_rows_kernel[(grid,)](z, p["a"], p["order"], p["q"], p["f"], p["last"], p["jstar"], buf, out["ea"],
+                                     out["eh"], out["sl"], out["sh"], out["zs"], batch, d, n_rows, HARD=hard,
+                                     BLOCK_D=triton.next_power_of_2(d))
+    return out
+
+
+def rank_logits(p: dict, t: dict, tau: float, hard: bool):
+    """x = c / tau with c_r = <h_r, a_i> / (max(|h_r|, eps) max(|a_i|, eps)), and |h_r|."""
+    if hard:
+        dot = p["mt"][torch.arange(p["q"].shape[1], device=p["q"].device)[None, :, None], p["jstar"]]
+        n2 = p["zn2"][p["jstar"]]
+    else:
+        dot, n2 = t["ea"], t["eh"]
     norm = n2.clamp_min(0).sqrt()
-    c = dot / (norm.clamp_min(EPS) * anorm.clamp_min(EPS)[None, :, None])
+    c = dot / (norm.clamp_min(EPS) * p["anorm"].clamp_min(EPS)[None, :, None])
     return c / tau, norm
 
 
@@ -171,7 +182,7 @@ def sorted_nce_triton(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, z_ancho
                       m: int, tau: float, sort_tau: Sequence[float], hard: bool) -> torch.Tensor:
     """(K,) losses of reference.sorted_nce."""
     bits = check_args("sorted_nce", u, v, z, z_anchor, bits, m, tau, sort_tau)
-    dist, gz, mt, anorm, inv_ts = prepare("sorted_nce", u, v, z, z_anchor, bits, sort_tau)
-    dot, n2, _ = rank_terms(dist, gz, mt, inv_ts, hard)
-    x, _ = rank_logits(dot, n2, anorm, tau)
+    p = prepare("sorted_nce", u, v, z, z_anchor, bits, sort_tau)
+    t = None if hard else rank_terms(p, hard)
+    x, _ = rank_logits(p, t, tau, hard)
     return losses(x, m)

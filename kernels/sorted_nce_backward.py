@@ -1,14 +1,16 @@
 """Triton sorted_nce_backward: (du, dv, dz, dz_anchor) of sorted_nce (spec: reference.sorted_nce_backward).
 
-Recomputes the forward's rank terms (kernels/sorted_nce.py), then, with G_r = dL/dc_r from the closed form of
-the loss over ranks (torch, elementwise on (K, B, B)):
-  alpha_r = G_r / (|e_r| |a_i|), beta_r = -G_r c_r / |e_r|^2, delta_i = -sum_r G_r c_r / |a_i|^2
-  dL/dPt_rj = alpha_r mt[i, j] + beta_r <e_r, z_j>     (straight-through in the hard variant)
-One program per (length, anchor) recomputes its SoftSort tiles and writes dL/dD_i. (the softmax backward, and
-the |q_r - D_j| terms, q_r's routed to the candidate holding rank r); the soft variant also writes its row of
-C = sum_r alpha_r Pt_r and adds sum_r beta_r Pt_r^T Pt_r to H (atomics). The hard variant's C and H are
-scatter-adds of alpha, beta at j*(r) (torch). Then dz = C^T a + H z, da = C z + delta a, and du, dv from dD
-through the prefix Grams' blocks (torch GEMMs).
+Recomputes the forward's rank terms (kernels/sorted_nce.py: the recurrences), then, with G_r = dL/dc_r from the
+closed form of the loss over ranks (torch, elementwise on (K, B, B)), h_r the forward latent:
+  alpha_r = G_r / (|h_r| |a_i|), beta_r = -G_r c_r / |h_r|^2, delta_i = -sum_r G_r c_r / |a_i|^2,
+  y_r = (alpha_r a_i + beta_r h_r) / Z_r, gamma_r = <y_r, e~_r>   (dL/dw_rs = <y_r, z_s - e~_r>; straight-through
+  in the hard variant: the soft rows take the hard rows' gradient)
+and D_i,pi(k) = q_k receives (the derivation: csrc/kernels/sorted_nce.h)
+  dq_k = (1/tau_s) [ <y_k, Cs_k - As_k> + gamma_k (Zs<_k - Zs>_k) + <z_k, Ys>_k - Ys<_k> + Gs<_k - Gs>_k ].
+One program per anchor row (strided, as the forward) runs the two scans of y (the a_i part as a scalar scan of
+alpha / Z, the h part d-wide), of gamma and of 1, writing dD_i. and, soft, its row of C = sum_r alpha_r P_r. (the
+scalar scan's full sum) and (W (beta h / Z)) into dz (atomics). The hard variant's C and dz are scatter-adds at
+j*(r) (torch). Then dz += C^T a, da = C z + delta a, and du, dv from dD through the prefix Grams' blocks.
 """
 from __future__ import annotations
 
@@ -20,49 +22,103 @@ import triton.language as tl
 
 from nhl_fast.kernels import on_tensor_device
 
-from ._projection_common import acc_and_precision
-from .sorted_nce import (BLOCK_J, BLOCK_R, EPS, _anchor_setup, _rank_tile, _soft_gram_rows, check_args, prepare,
-                         rank_logits, rank_terms)
+from .sorted_nce import EPS, _soft_latents, check_args, prepare, programs, rank_logits, rank_terms
 
 
 @triton.jit
-def _sorted_nce_back_kernel(d_ptr, its_ptr, mt_ptr, gz_ptr, al_ptr, be_ptr, dd_ptr, c_ptr, h_ptr, B,
-                            HARD: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-                            BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
-    i, row, inv_ts, offs_j, mj, d_j, rank, mrow = _anchor_setup(d_ptr, its_ptr, mt_ptr, B, BLOCK_B, BLOCK_R)
-    dd = tl.zeros([BLOCK_B], dtype=ACC)
-    crow = tl.zeros([BLOCK_B], dtype=ACC)
-    for r0 in range(0, B, BLOCK_R):
-        offs_r, mr, hit, q, jstar, pt, total = _rank_tile(d_j, offs_j, mj, rank, r0, B, inv_ts, BLOCK_B, BLOCK_R)
-        al = tl.load(al_ptr + row * B + offs_r, mask=mr, other=0.0)
-        be = tl.load(be_ptr + row * B + offs_r, mask=mr, other=0.0)
-        if HARD:  # <e_r, z_j> = gz[j*, j]
-            t = tl.load(gz_ptr + jstar[:, None].to(tl.int64) * B + offs_j[None, :], mask=mr[:, None] & mj[None, :],
-                        other=0.0)
-        else:
-            t = _soft_gram_rows(d_ptr, gz_ptr, row, q, total, inv_ts, offs_j, mj, B, ACC, PRECISION, BLOCK_B,
-                                BLOCK_R, BLOCK_J)
-            crow += tl.sum(al[:, None] * pt, axis=0)
-            for j0 in range(0, B, BLOCK_J):  # H[j, :] += sum_r beta_r Pt_rj Pt_r.
-                offs_c = j0 + tl.arange(0, BLOCK_J)
-                mc = offs_c < B
-                d_c = tl.load(d_ptr + row * B + offs_c, mask=mc, other=0.0)
-                p_c = tl.where(mc[None, :], tl.exp(-tl.abs(q[:, None] - d_c[None, :]) * inv_ts), 0.0) / total[:, None]
-                h = tl.dot(tl.trans((p_c * be[:, None]).to(ACC)), pt.to(ACC), input_precision=PRECISION,
-                           out_dtype=ACC)
-                tl.atomic_add(h_ptr + offs_c[:, None].to(tl.int64) * B + offs_j[None, :], h,
-                              mask=mc[:, None] & mj[None, :])
-        dpt = al[:, None] * mrow[None, :] + be[:, None] * t
-        s = tl.sum(pt * dpt, axis=1)
-        diff = q[:, None] - d_j[None, :]
-        sg = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0))
-        dl = tl.where(mr[:, None] & mj[None, :], pt * (dpt - s[:, None]) * sg * inv_ts, 0.0)
-        dd += tl.sum(dl, axis=0)
-        dq = -tl.sum(dl, axis=1)
-        dd += tl.sum(tl.where(hit, dq[:, None], 0.0), axis=0)  # q_r is the distance of the candidate at rank r
-    tl.store(dd_ptr + row * B + offs_j, dd, mask=mj)
-    if not HARD:
-        tl.store(c_ptr + row * B + offs_j, crow, mask=mj)
+def _latent_of(z_ptr, js_ptr, slot, base, r, offs, md, d, HARD: tl.constexpr):
+    """h_r: z_j*(r) (hard) or e~_r from the slot (soft)."""
+    if HARD:
+        js = tl.load(js_ptr + base + r)
+        h = tl.load(z_ptr + js.to(tl.int64) * d + offs, mask=md, other=0.0)
+    else:
+        h = tl.load(slot + r * d + offs, mask=md, other=0.0)
+    return h
+
+
+@triton.jit
+def _sorted_nce_back_kernel(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, mt_ptr, buf_ptr, zs_ptr, xa_ptr,
+                            xb_ptr, gam_ptr, part_ptr, inv_ts_ptr, dd_ptr, c_ptr, dz_ptr, B, d, n_rows,
+                            HARD: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    slot = buf_ptr + (pid + tl.zeros([], tl.int64)) * B * d
+    offs = tl.arange(0, BLOCK_D)
+    md = offs < d
+    for row_ in range(pid, n_rows, tl.num_programs(0)):
+        row = row_ + tl.zeros([], tl.int64)
+        i = row % B
+        base = row * B
+        inv_ts = tl.load(inv_ts_ptr + row // B)
+        if not HARD:  # e~_r back into the slot (the scalars were kept from the first pass)
+            _soft_latents(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, slot, row, i, B, d, HARD, False,
+                          BLOCK_D, zs_ptr, zs_ptr, zs_ptr, zs_ptr, zs_ptr)
+            tl.debug_barrier()
+        acc = tl.zeros([BLOCK_D], dtype=tl.load(zs_ptr + base).dtype)
+        lo = acc
+        s1 = tl.sum(acc, axis=0)
+        sl = s1
+        g1 = s1
+        gl = s1
+        o1 = s1
+        ol = s1
+        q_prev = tl.load(q_ptr + base)
+        for r in range(0, B):  # strict below and inclusive scans of alpha / Z, gamma and x = beta h / Z
+            fr = tl.load(f_ptr + base + r)
+            qr = tl.load(q_ptr + base + r)
+            j = tl.load(ord_ptr + base + r)
+            keep = (r > 0) & (qr == q_prev)
+            lo = tl.where(keep, lo, fr * acc)
+            sl = tl.where(keep, sl, fr * s1)
+            gl = tl.where(keep, gl, fr * g1)
+            ol = tl.where(keep, ol, fr * o1)
+            zj = tl.load(z_ptr + j.to(tl.int64) * d + offs, mask=md, other=0.0)
+            h = _latent_of(z_ptr, js_ptr, slot, base, r, offs, md, d, HARD)
+            acc = fr * acc + tl.load(xb_ptr + base + r) * h
+            s1 = fr * s1 + tl.load(xa_ptr + base + r)
+            gam = tl.load(gam_ptr + base + r)
+            g1 = fr * g1 + gam
+            o1 = fr * o1 + 1.0
+            mt = tl.load(mt_ptr + i * B + j)
+            part = tl.load(part_ptr + base + r) + gam * ol + gl - mt * sl - tl.sum(zj * lo, axis=0)
+            tl.store(dd_ptr + base + j, part)
+            if not HARD:
+                tl.store(c_ptr + base + j, s1)
+                tl.atomic_add(dz_ptr + j.to(tl.int64) * d + offs, acc, mask=md)
+            q_prev = qr
+        acc = tl.zeros([BLOCK_D], dtype=acc.dtype)
+        lo = acc
+        s2 = tl.sum(acc, axis=0)
+        sh = s2
+        g2 = s2
+        gh = s2
+        o2 = s2
+        oh = s2
+        for rr in range(0, B):  # strict above and exclusive scans
+            r = B - 1 - rr
+            nxt = r + 1
+            ok = nxt < B
+            fac = tl.load(f_ptr + base + nxt, mask=ok, other=0.0)
+            qn = tl.load(q_ptr + base + nxt, mask=ok, other=0.0)
+            qr = tl.load(q_ptr + base + r)
+            hn = _latent_of(z_ptr, js_ptr, slot, base, nxt, offs, md & ok, d, HARD)
+            acc = fac * (acc + tl.load(xb_ptr + base + nxt, mask=ok, other=0.0) * hn)
+            s2 = fac * (s2 + tl.load(xa_ptr + base + nxt, mask=ok, other=0.0))
+            g2 = fac * (g2 + tl.load(gam_ptr + base + nxt, mask=ok, other=0.0))
+            o2 = fac * (o2 + 1.0)
+            new = ok & (qn != qr)
+            lo = tl.where(new, acc, lo)
+            sh = tl.where(new, s2, sh)
+            gh = tl.where(new, g2, gh)
+            oh = tl.where(new, o2, oh)
+            j = tl.load(ord_ptr + base + r)
+            zj = tl.load(z_ptr + j.to(tl.int64) * d + offs, mask=md, other=0.0)
+            mt = tl.load(mt_ptr + i * B + j)
+            gam = tl.load(gam_ptr + base + r)
+            total = tl.load(dd_ptr + base + j) - gam * oh + mt * sh + tl.sum(zj * lo, axis=0) - gh
+            tl.store(dd_ptr + base + j, total * inv_ts)
+            if not HARD:
+                tl.store(c_ptr + base + j, tl.load(c_ptr + base + j) + s2)
+                tl.atomic_add(dz_ptr + j.to(tl.int64) * d + offs, acc, mask=md)
 
 
 @on_tensor_device
@@ -75,10 +131,10 @@ def sorted_nce_backward_triton(grad: torch.Tensor, u: torch.Tensor, v: torch.Ten
     op = "sorted_nce_backward"
     bits = check_args(op, u, v, z, z_anchor, bits, m, tau, sort_tau)
     _checks.shaped(grad, "grad", (len(bits),), u.dtype, op, like="u")
-    n_len, batch = len(bits), u.shape[0]
-    dist, gz, mt, anorm, inv_ts = prepare(op, u, v, z, z_anchor, bits, sort_tau)
-    dot, n2, jstar = rank_terms(dist, gz, mt, inv_ts, hard)
-    x, norm = rank_logits(dot, n2, anorm, tau)
+    n_len, batch, d = len(bits), u.shape[0], z.shape[1]
+    p = prepare(op, u, v, z, z_anchor, bits, sort_tau)
+    t = rank_terms(p, hard)
+    x, norm = rank_logits(p, t, tau, hard)
     # dL/dc: positives exp(x_r - lae_r) - 1, negatives sum_{p<m} exp(x_r - lae_p), over m, times grad_k / (B tau)
     neg = torch.logsumexp(x[..., m:], dim=-1, keepdim=True)
     lae = torch.logaddexp(x[..., :m], neg)
@@ -86,29 +142,34 @@ def sorted_nce_backward_triton(grad: torch.Tensor, u: torch.Tensor, v: torch.Ten
     g = dx * (grad.detach().to(u.dtype) / (m * batch * tau))[:, None, None]
     c = x * tau
     ne = norm.clamp_min(EPS)
-    na = anorm.clamp_min(EPS)
-    alpha = (g / (ne * na[None, :, None])).contiguous()
-    beta = torch.where(norm > EPS, -g * c / (ne * ne), torch.zeros_like(g)).contiguous()
-    delta = torch.where(anorm > EPS, -(g * c).sum(dim=(0, 2)) / (na * na), torch.zeros_like(anorm))
+    na = p["anorm"].clamp_min(EPS)
+    alpha = g / (ne * na[None, :, None])
+    beta = torch.where(norm > EPS, -g * c / (ne * ne), torch.zeros_like(g))
+    delta = torch.where(p["anorm"] > EPS, -(g * c).sum(dim=(0, 2)) / (na * na), torch.zeros_like(na))
+    zs = t["zs"]
+    gam = (alpha * t["ea"] + beta * t["eh"]) / zs
+    part = ((alpha * t["sl"] + beta * t["sh"]) / zs).contiguous()
 
-    ddist = torch.empty_like(dist)
-    cmat = torch.empty_like(dist) if not hard else ddist  # unused by the hard kernel
-    h = torch.zeros((batch, batch), dtype=u.dtype, device=u.device)
-    acc, _ = acc_and_precision(u.dtype)
-    _sorted_nce_back_kernel[(n_len, batch)](dist, inv_ts, mt, gz, alpha, beta, ddist, cmat, h, batch, HARD=hard,
-                                            ACC=acc, PRECISION="ieee", BLOCK_B=max(16, triton.next_power_of_2(batch)),
-                                            BLOCK_R=BLOCK_R, BLOCK_J=BLOCK_J)
-    z, z_anchor = z.contiguous(), z_anchor.contiguous()
-    if hard:  # C[i, j*] += alpha, H[j*, j*] += beta
-        cols = jstar.long().permute(1, 0, 2).reshape(batch, -1)
+    ddist = torch.empty_like(p["dist"])
+    cmat = torch.empty_like(p["dist"]) if not hard else ddist  # unused by the hard kernel
+    dz = torch.zeros_like(p["z"])
+    grid = programs(p)
+    buf = torch.empty((grid, batch, d), dtype=u.dtype, device=u.device)
+    _sorted_nce_back_kernel[(grid,)](p["z"], p["a"], p["order"], p["q"], p["f"], p["last"], p["jstar"], p["mt"], buf,
+                                     zs, (alpha / zs).contiguous(), (beta / zs).contiguous(), gam.contiguous(), part,
+                                     p["inv_ts"], ddist, cmat, dz, batch, d, n_len * batch, HARD=hard,
+                                     BLOCK_D=triton.next_power_of_2(d))
+    z, z_anchor = p["z"], p["a"]
+    if hard:  # C[i, j*] += alpha, dz[j*] += beta z_j*
+        jstar = p["jstar"]
+        cols = jstar.permute(1, 0, 2).reshape(batch, -1)
         coef = torch.zeros((batch, batch), dtype=u.dtype, device=u.device)
         coef.scatter_add_(1, cols, alpha.permute(1, 0, 2).reshape(batch, -1))
-        hdiag = torch.zeros(batch, dtype=u.dtype, device=u.device).scatter_add_(0, jstar.long().flatten(),
-                                                                               beta.flatten())
-        dz = coef.T @ z_anchor + hdiag[:, None] * z
+        hdiag = torch.zeros(batch, dtype=u.dtype, device=u.device).scatter_add_(0, jstar.flatten(), beta.flatten())
+        dz += hdiag[:, None] * z
     else:
         coef = cmat.sum(0)
-        dz = coef.T @ z_anchor + h @ z
+    dz += coef.T @ z_anchor
     da = coef @ z + delta[:, None] * z_anchor
     # D_k = (b_k - u v^T) / (2 b_k): column block k of du takes W_k = sum_{k' >= k} -dD_k' / (2 b_k')
     du, dv = torch.empty_like(u), torch.empty_like(v)
@@ -119,3 +180,4 @@ def sorted_nce_backward_triton(grad: torch.Tensor, u: torch.Tensor, v: torch.Ten
         du[:, lo:bits[k]] = w @ v[:, lo:bits[k]]
         dv[:, lo:bits[k]] = w.T @ u[:, lo:bits[k]]
     return du, dv, dz, da
+
