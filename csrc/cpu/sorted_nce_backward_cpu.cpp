@@ -1,7 +1,7 @@
 // sorted_nce_backward: (du, dv, dz, dz_anchor) of sorted_nce for the per-length weights `grad` (spec:
-// reference.sorted_nce_backward), recomputing each anchor's sort and SoftSort rows (flash-attention style: the
-// forward keeps nothing). The per-anchor core leaves B x B coefficient matrices (C, H) and dD; the d- and
-// b-wide products are a handful of GEMMs here.
+// reference.sorted_nce_backward), recomputing each anchor's sort and SoftSort recurrences (flash-attention
+// style: the forward keeps nothing). The per-anchor core (O(B d), kernels/sorted_nce.h) leaves the B x B
+// coefficient matrix C of the a-direction, a per-thread B x d latent gradient and dD; the rest is GEMMs here.
 #include <torch/all.h>
 #include <torch/library.h>
 
@@ -17,29 +17,26 @@ namespace {
 
 template <typename T>
 void backward_terms(const sorted_nce::Inputs<T>& in, const T* dist, at::ArrayRef<double> sort_tau,
-                    const std::vector<double>& grad, T* coef, T* delta, T* h, T* dzb, T* ddist) {
+                    const std::vector<double>& grad, T* coef, T* delta, T* dzb, T* ddist) {
   const int64_t K = static_cast<int64_t>(sort_tau.size()), B = in.B, d = in.d;
 #pragma omp parallel
   {
     const int tid = sorted_nce_thread_id();
     sorted_nce::Workspace<T> ws;
-    ws.init(in);
-    T* hb = h ? h + int64_t(tid) * B * B : nullptr;
-    T* zb = dzb ? dzb + int64_t(tid) * B * d : nullptr;
+    ws.init(in, true);
+    T* zb = dzb + int64_t(tid) * B * d;
     for (int64_t k = 0; k < K; ++k) {
       if (grad[k] == 0) continue;  // the same k on every thread: the loop's barriers stay matched
       const T inv_ts = T(1.0 / sort_tau[k]);
       const T scale = T(grad[k] / double(B));
       // one anchor per iteration: row i of coef and delta[i] are its own (the barrier ends each length);
-      // a static schedule gives each thread the same anchors every call, so the per-thread h / dz partial
-      // sums, and the gradients, are the same bits run to run (a dynamic one made backward non-reentrant)
+      // a static schedule gives each thread the same anchors every call, so the per-thread dz partial
+      // sum, and the gradients, are the same bits run to run (a dynamic one made backward non-reentrant)
 #pragma omp for schedule(static)
       for (int64_t i = 0; i < B; ++i) {
         const T* drow = dist + (k * B + i) * B;
         sorted_nce::sort_row(in, drow, inv_ts, ws);
-        sorted_nce::anchor_loss(in, i, ws);
-        delta[i] += sorted_nce::anchor_backward(in, i, drow, inv_ts, scale, ws, coef + i * B, hb, zb,
-                                                ddist + (k * B + i) * B);
+        delta[i] += sorted_nce::anchor_backward(in, i, inv_ts, scale, ws, coef + i * B, zb, ddist + (k * B + i) * B);
       }
     }
   }
@@ -59,26 +56,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sorted_nce_backward_c
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::Tensor g64 = grad.detach().to(at::kDouble).contiguous();
   const std::vector<double> gvec(g64.data_ptr<double>(), g64.data_ptr<double>() + K);
-  const bool direct = !hard && d <= B;  // the soft path without the Gram adds its beta terms to a B x d buffer
   const int64_t threads = sorted_nce_threads();
   at::Tensor coef = at::zeros({B, B}, u.options());
   at::Tensor delta = at::zeros({B}, u.options());
-  at::Tensor h = direct ? at::Tensor() : at::zeros({threads, B, B}, u.options());
-  at::Tensor dzb = direct ? at::zeros({threads, B, d}, u.options()) : at::Tensor();
+  at::Tensor dzb = at::zeros({threads, B, d}, u.options());
   at::Tensor ddist = at::zeros({K, B, B}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "sorted_nce_backward_cpu", [&] {
     const auto in = sorted_nce_inputs<scalar_t>(p, m, tau, hard);
     backward_terms<scalar_t>(in, p.dist.data_ptr<scalar_t>(), sort_tau, gvec, coef.data_ptr<scalar_t>(),
-                             delta.data_ptr<scalar_t>(), direct ? nullptr : h.data_ptr<scalar_t>(),
-                             direct ? dzb.data_ptr<scalar_t>() : nullptr, ddist.data_ptr<scalar_t>());
+                             delta.data_ptr<scalar_t>(), dzb.data_ptr<scalar_t>(), ddist.data_ptr<scalar_t>());
   });
-  // latents: dz = C^T a + H z (or the buffer), da = C z + delta a
-  at::Tensor dz = at::mm(coef.t(), p.a);
-  if (direct) {
-    dz.add_(dzb.sum(0));
-  } else {
-    dz.addmm_(h.sum(0), p.z);
-  }
+  // latents: dz = C^T a + the per-thread buffers, da = C z + delta a
+  at::Tensor dz = at::mm(coef.t(), p.a).add_(dzb.sum(0));
   at::Tensor da = at::addcmul(at::mm(coef, p.z), delta.unsqueeze(1), p.a);
   // codes: D_k = (b_k - u v^T) / (2 b_k), so column c of du takes every length with b_k > c:
   // du[:, block k] = W_k v[:, block k], W_k = sum_{k' >= k} -dD_k' / (2 b_k')  (dv: W_k^T u)

@@ -1,6 +1,7 @@
 // sorted_nce: SortedNCE of every code length through a fused SoftSort (spec: reference.sorted_nce), streamed
-// per anchor: no (B, B, B) permutation and no (B, B, d) sorted latents, O(B^2 + B d) memory per thread beyond
-// the (K, B, B) distances. The hard (straight-through) forward is O(B log B) per anchor after the B x B Grams.
+// per anchor: no (B, B, B) permutation and no (B, B, d) sorted latents, O(B d) memory per thread beyond the
+// (K, B, B) distances. The soft latents come from two linear recurrences over the sorted order (O(B d) per
+// anchor, kernels/sorted_nce.h); the hard (straight-through) forward is O(B log B) per anchor after a z^T.
 #include <torch/all.h>
 #include <torch/library.h>
 
@@ -19,7 +20,7 @@ void forward_losses(const sorted_nce::Inputs<T>& in, const T* dist, at::ArrayRef
 #pragma omp parallel
   {
     sorted_nce::Workspace<T> ws;
-    ws.init(in);
+    ws.init(in, false);
     for (int64_t k = 0; k < K; ++k) {
       const T inv_ts = T(1.0 / sort_tau[k]);
 #pragma omp for schedule(dynamic, 4)

@@ -1,6 +1,6 @@
 // What the CPU forward and backward of sorted_nce share (csrc/cpu/sorted_nce_cpu.cpp, sorted_nce_backward_cpu.cpp):
-// the prefix distances of every length from one running Gram, and the B x B latent Grams the per-anchor
-// core (kernels/sorted_nce.h) reads instead of any B x B x d tensor.
+// the prefix distances of every length from one running Gram, a z^T (the hard forward's <a_i, z_j*>) and the
+// latents' norms the per-anchor core (kernels/sorted_nce.h) reads.
 #pragma once
 #include <torch/all.h>
 
@@ -15,7 +15,7 @@ namespace nhl {
 struct SortedNcePrep {
   at::Tensor dist;   // (K, B, B): D_k = (b_k - u[:, :b_k] v[:, :b_k]^T) / (2 b_k)
   at::Tensor z, a;   // contiguous latents
-  at::Tensor gz;     // (B, B) z z^T
+  at::Tensor zn2;    // (B,) |z_j|^2
   at::Tensor mt;     // (B, B) a z^T
   at::Tensor anorm;  // (B,) |a_i|
 };
@@ -39,7 +39,7 @@ inline SortedNcePrep sorted_nce_prepare(const char* op, const at::Tensor& u, con
   TORCH_CHECK_VALUE(at::isfinite(p.dist).all().item<bool>(), op, ": u and v must be finite");
   p.z = z.contiguous();
   p.a = z_anchor.contiguous();
-  p.gz = at::mm(p.z, p.z.t());
+  p.zn2 = p.z.square().sum(1);
   p.mt = at::mm(p.a, p.z.t());
   p.anorm = at::linalg_vector_norm(p.a, 2, {1});
   return p;
@@ -53,10 +53,9 @@ sorted_nce::Inputs<T> sorted_nce_inputs(const SortedNcePrep& p, int64_t m, doubl
   in.m = m;
   in.inv_tau = T(1.0 / tau);
   in.hard = hard;
-  in.gram = in.d > in.B;  // soft path: the B x B x B product through z z^T costs less than B x B x d
   in.z = p.z.data_ptr<T>();
   in.a = p.a.data_ptr<T>();
-  in.gz = p.gz.data_ptr<T>();
+  in.zn2 = p.zn2.data_ptr<T>();
   in.mt = p.mt.data_ptr<T>();
   in.anorm = p.anorm.data_ptr<T>();
   return in;

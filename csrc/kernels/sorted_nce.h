@@ -1,22 +1,30 @@
 // The per-anchor core of the fused soft-sort + SortedNCE op (spec: nhl_fast/reference.py sorted_nce), torch-free.
 //
 // For anchor i of one code length (distances D_i. in [0, 1], SoftSort temperature tau_s):
-//   q = sort(D_i.) ascending (stable), Pt_rj = softmax_j(-|q_r - D_ij| / tau_s), P = Pt (soft) or the one-hot of
-//   argmax_j (first index, straight-through) (hard); e_r = sum_j P_rj z_j, c_r = <e_r, a_i> / (|e_r| |a_i|),
-//   l_i = (1/m) sum_{r<m} [lae(x_r, neg) - x_r], x = c / tau, neg = logsumexp_{r>=m} x_r.
-// Nothing B x B x B or B x B x d exists: every latent product goes through the B x B Grams
-//   gz = z z^T, mt = a z^T  (built once by the glue),
-// so the hard variant reads <e_r, a_i> = mt[i, j*], |e_r|^2 = gz[j*, j*] and <e_r, z_j> = gz[j*, j] (O(1) each),
-// and the soft one forms one anchor's B x w block at a time: E = Pt z (w = d, "direct") or Y = Pt gz (w = B,
-// "gram", cheaper when d > B). Each SoftSort row's largest logit is exactly 0 (q_r is one of the D_ij), so its
-// softmax needs no running max: every exponent is <= 0 and the row sum is >= 1.
-// Backward (recomputed per anchor): with G_r = dL/dc_r,
-//   dL/de_r = alpha_r a_i + beta_r e_r, alpha_r = G_r / (|e_r| |a_i|), beta_r = -G_r c_r / |e_r|^2,
-//   dL/da_i = sum_r alpha_r e_r + delta_i a_i, delta_i = -sum_r G_r c_r / |a_i|^2,
-//   dL/dPt_rj = alpha_r <a_i, z_j> + beta_r <e_r, z_j>   (straight-through: the soft rows take the hard rows' grad)
-// and the latent gradients are left as B x B coefficient matrices for two GEMMs in the glue:
-//   C[i, j] = sum_r alpha_r P_rj  ->  dz += C^T a, da = C z + delta a;  H = sum_i P_i^T diag(beta_i) P_i -> dz += H z
-// (the direct soft path adds sum_r beta_r P_rj e_r to a B x d buffer instead of H).
+//   q = sort(D_i.) ascending (stable, pi the order), Pt_rj = softmax_j(-|q_r - D_ij| / tau_s), P = Pt (soft) or
+//   the one-hot of argmax_j (first index, straight-through) (hard); e_r = sum_j P_rj z_j,
+//   c_r = <e_r, a_i> / (|e_r| |a_i|), l_i = (1/m) sum_{r<m} [lae(x_r, neg) - x_r], x = c / tau,
+//   neg = logsumexp_{r>=m} x_r.
+//
+// SoftSort as two linear recurrences. In sorted coordinates the row weights are w_rs = exp(-|q_r - q_s| / tau_s)
+// (candidate pi(s) has distance q_s), so for s <= r the weight is exp(-(q_r - q_s) / tau_s) and for s > r
+// exp(-(q_s - q_r) / tau_s). With f_r = exp(-(q_r - q_{r-1}) / tau_s) <= 1, any sequence x_s has
+//   F_r = sum_{s<=r} w_rs x_s = f_r F_{r-1} + x_r,   K_r = sum_{s>r} w_rs x_s = f_{r+1} (K_{r+1} + x_{r+1}),
+// so (W x)_r = F_r + K_r costs O(B) per anchor: Z_r = (W 1)_r, the soft latent e~_r = (W z_pi)_r / Z_r in O(B d),
+// never a B x B row (and nothing B x B x B or B x B x d). Every factor is <= 1 (no overflow at any tau_s), a
+// tie has factor exactly 1. The derivative of |q_r - q_s| is sgn(q_r - q_s), 0 on a tie, so the backward also
+// needs the strict sums (q_s < q_r, q_s > q_r), read off the same scans at tie-group boundaries (scan()).
+//
+// Backward (recomputed per anchor), G_r = dL/dc_r:
+//   dL/de_r = alpha_r a_i + beta_r h_r, alpha_r = G_r / (|h_r| |a_i|), beta_r = -G_r c_r / |h_r|^2,
+//   dL/da_i = sum_r alpha_r h_r + delta_i a_i, delta_i = -sum_r G_r c_r / |a_i|^2,
+// h_r the forward latent (e~_r soft, z_{j*(r)} hard). With y_r = dL/de_r / Z_r and gamma_r = <y_r, e~_r>,
+// dL/dw_rs = <y_r, z_s - e~_r> (the softmax backward; straight-through for hard: the soft rows take the hard
+// rows' gradient), and D_i,pi(k) = q_k receives, from the rank side and the candidate side,
+//   dq_k = (1/tau_s) [ <y_k, Cs_k - As_k> + gamma_k (Zs<_k - Zs>_k) + <z_k, Ys>_k - Ys<_k> + Gs<_k - Gs>_k ]
+// where As/Cs, Zs, Ys, Gs are the strict below/above scans of z, 1, y, gamma. The latents: soft
+// dz_pi(s) += (W y)_s (the alpha part as a row of C = sum_r alpha_r P_r., applied by the glue's GEMMs, the
+// beta part into a B x d buffer), hard dz_j* += alpha_r a_i + beta_r z_j* likewise. All O(B d) per anchor.
 // Norms are clamped at kEps (the clamp's side gets no gradient), as in the reference.
 #pragma once
 
@@ -36,26 +44,12 @@ struct Inputs {
   int64_t B = 0, d = 0, m = 1;
   T inv_tau = 1;
   bool hard = true;
-  bool gram = false;          // soft path through gz (d > B) rather than E = Pt z
-  const T* z = nullptr;       // (B, d) latents gathered in sorted order
+  const T* z = nullptr;       // (B, d) latents
   const T* a = nullptr;       // (B, d) anchor latents
-  const T* gz = nullptr;      // (B, B) z z^T
+  const T* zn2 = nullptr;     // (B,) |z_j|^2
   const T* mt = nullptr;      // (B, B) a z^T: mt[i * B + j] = <a_i, z_j>
   const T* anorm = nullptr;   // (B,) |a_i|
 };
-
-// out (w) = sum_j p[j] x[j, :]; exact zeros of p (underflowed exponentials) are skipped
-template <typename T>
-inline void combine_rows(const T* p, const T* x, int64_t n, int64_t w, T* out) {
-  std::fill(out, out + w, T(0));
-  for (int64_t j = 0; j < n; ++j) {
-    const T c = p[j];
-    if (c == T(0)) continue;
-    const T* xj = x + j * w;
-#pragma omp simd
-    for (int64_t t = 0; t < w; ++t) out[t] += c * xj[t];
-  }
-}
 
 template <typename T>
 inline T dot(const T* x, const T* y, int64_t n) {
@@ -65,39 +59,43 @@ inline T dot(const T* x, const T* y, int64_t n) {
   return s;
 }
 
-// One thread's buffers, reused across anchors: O(B^2 + B w) whatever the batch.
+// One thread's buffers, reused across anchors: O(B d) whatever the batch.
 template <typename T>
 struct Workspace {
-  std::vector<int64_t> order, jstar;
-  std::vector<T> q, x, n2, lae, alpha, beta, row, dpt, pt, ex, tt;
+  std::vector<int64_t> order, jstar, last;
+  std::vector<T> q, f, zsum, zlo, zhi, x, n2, lae, alpha, beta, ea, eh, pd, gam, sl, sh, sf, xl, xh, gl, gh;
+  std::vector<T> buf, acc, lo;  // (B, d) per-rank vectors; two d-wide running sums
 
-  void init(const Inputs<T>& in) {
-    const int64_t B = in.B;
-    order.resize(B), jstar.resize(B), q.resize(B), x.resize(B), n2.resize(B), lae.resize(B), alpha.resize(B),
-        beta.resize(B), row.resize(B), dpt.resize(B);
-    if (!in.hard) {
-      pt.resize(B * B);
-      ex.resize(B * (in.gram ? B : in.d));
-      if (!in.gram) tt.resize(B * B);
-    }
+  void init(const Inputs<T>& in, bool backward) {
+    const int64_t B = in.B, d = in.d;
+    for (auto* v : {&order, &jstar, &last}) v->resize(B);
+    for (auto* v : {&q, &f, &zsum, &zlo, &zhi, &x, &n2, &lae, &alpha, &beta, &ea, &eh, &pd, &gam, &sl, &sh, &sf,
+                    &xl, &xh, &gl, &gh})
+      v->resize(B);
+    if (!in.hard || backward) buf.resize(B * d), acc.resize(d), lo.resize(d);
   }
 };
 
-// Pt_r. = softmax_j(-|q_r - D_j| / tau_s); the largest logit is 0, the sum >= 1
+// below_r = sum_{q_s < q_r} w_rs x_s, above_r = sum_{q_s > q_r} w_rs x_s and (if full) full_r = sum_s w_rs x_s
 template <typename T>
-inline void soft_row(const Inputs<T>& in, const T* drow, T qr, T inv_ts, T* out) {
-  T sum = 0;
-  for (int64_t j = 0; j < in.B; ++j) {
-    const T w = std::exp(-std::abs(qr - drow[j]) * inv_ts);
-    out[j] = w;
-    sum += w;
+inline void scan(const Workspace<T>& ws, int64_t B, const T* x, T* below, T* above, T* full) {
+  const T* f = ws.f.data();
+  T F = 0;
+  for (int64_t r = 0; r < B; ++r) {
+    below[r] = (r > 0 && ws.q[r] == ws.q[r - 1]) ? below[r - 1] : f[r] * F;
+    F = f[r] * F + x[r];
+    if (full) full[r] = F;
   }
-  const T inv = T(1) / sum;
-#pragma omp simd
-  for (int64_t j = 0; j < in.B; ++j) out[j] *= inv;
+  T K = 0;
+  for (int64_t r = B - 1; r >= 0; --r) {
+    if (r < B - 1) K = f[r + 1] * (K + x[r + 1]);
+    above[r] = (r < B - 1 && ws.q[r + 1] == ws.q[r]) ? above[r + 1] : K;
+    if (full) full[r] += K;
+  }
 }
 
-// Sorted distances q, the hard picks j*(r) (the first index among equal distances) and, soft, all rows Pt.
+// Sorted distances q, the order pi, the hard picks j*(r) (the first index among equal distances), the last rank
+// of each tie group, the recurrence factors f and the normalisers Z (zsum) with their strict parts.
 template <typename T>
 inline void sort_row(const Inputs<T>& in, const T* drow, T inv_ts, Workspace<T>& ws) {
   const int64_t B = in.B;
@@ -105,37 +103,100 @@ inline void sort_row(const Inputs<T>& in, const T* drow, T inv_ts, Workspace<T>&
   std::stable_sort(ws.order.begin(), ws.order.end(), [drow](int64_t l, int64_t r) { return drow[l] < drow[r]; });
   for (int64_t r = 0; r < B; ++r) {
     ws.q[r] = drow[ws.order[r]];
+    const bool tie = r > 0 && ws.q[r] == ws.q[r - 1];
     // argmax_j -|q_r - D_j|: the j with D_j == q_r, the lowest index of a tie (first in the stable order)
-    ws.jstar[r] = (r > 0 && ws.q[r] == ws.q[r - 1]) ? ws.jstar[r - 1] : ws.order[r];
+    ws.jstar[r] = tie ? ws.jstar[r - 1] : ws.order[r];
+    ws.f[r] = r == 0 ? T(0) : (tie ? T(1) : std::exp(-(ws.q[r] - ws.q[r - 1]) * inv_ts));
   }
-  if (!in.hard)
-    for (int64_t r = 0; r < B; ++r) soft_row(in, drow, ws.q[r], inv_ts, ws.pt.data() + r * B);
+  for (int64_t r = B - 1; r >= 0; --r) ws.last[r] = (r < B - 1 && ws.q[r + 1] == ws.q[r]) ? ws.last[r + 1] : r;
+  std::fill(ws.x.begin(), ws.x.end(), T(1));
+  scan(ws, B, ws.x.data(), ws.zlo.data(), ws.zhi.data(), ws.zsum.data());
 }
 
-// Forward of anchor i after sort_row: the logits x_r = c_r / tau (and |e_r|^2 in n2); returns l_i.
+// The soft latents e~_r = (W z_pi)_r / Z_r into ws.buf (row r), two scans over d-wide running sums. Per rank:
+// ea = <a_i, e~_r>, eh = <h_r, e~_r> (h_r = e~_r soft, z_j*(r) hard); with `strict` (the backward) also
+// pd_r = <dL/de_r's directions, Cs_r - As_r> as two numbers, kept in sl (a_i) and sh (h_r).
 template <typename T>
-inline T anchor_loss(const Inputs<T>& in, int64_t i, Workspace<T>& ws) {
+inline void soft_latents(const Inputs<T>& in, int64_t i, Workspace<T>& ws, bool strict) {
   const int64_t B = in.B, d = in.d;
+  const T* ai = in.a + i * d;
+  T* buf = ws.buf.data();
+  T* acc = ws.acc.data();
+  T* lo = ws.lo.data();
+  // K_r = sum_{s>r} w_rs z_pi(s) into buf, from the top
+  std::fill(acc, acc + d, T(0));
+  for (int64_t r = B - 1; r >= 0; --r) {
+    T* out = buf + r * d;
+    if (r < B - 1) {
+      const T fr = ws.f[r + 1];
+      const T* zn = in.z + ws.order[r + 1] * d;
+#pragma omp simd
+      for (int64_t t = 0; t < d; ++t) acc[t] = fr * (acc[t] + zn[t]);
+    }
+    std::copy(acc, acc + d, out);
+  }
+  // F_r = sum_{s<=r} w_rs z_pi(s) (acc) and its strict part As_r (lo); e~_r = (F_r + K_r) / Z_r over K_r
+  std::fill(acc, acc + d, T(0));
+  std::fill(lo, lo + d, T(0));
+  for (int64_t r = 0; r < B; ++r) {
+    const T fr = ws.f[r];
+    const bool tie = r > 0 && ws.q[r] == ws.q[r - 1];
+    const T* zr = in.z + ws.order[r] * d;
+    if (strict && !tie) {
+#pragma omp simd
+      for (int64_t t = 0; t < d; ++t) lo[t] = fr * acc[t];
+    }
+#pragma omp simd
+    for (int64_t t = 0; t < d; ++t) acc[t] = fr * acc[t] + zr[t];
+    T* e = buf + r * d;
+    const T* cs = buf + ws.last[r] * d;  // Cs_r = K at the last rank of r's tie group (not yet overwritten)
+    const T* h = in.hard ? in.z + ws.jstar[r] * d : e;
+    const T inv_z = T(1) / ws.zsum[r];
+    T pa = 0, ph = 0;
+    if (strict) {  // <a_i, Cs_r - As_r> and <h_r, Cs_r - As_r>; soft h_r = e~_r = (F_r + K_r) / Z_r, before e
+                   // overwrites K_r
+      const T* hh = in.hard ? h : acc;
+      const T* he = in.hard ? nullptr : e;
+      if (he) {
+#pragma omp simd reduction(+ : pa, ph)
+        for (int64_t t = 0; t < d; ++t) {
+          const T diff = cs[t] - lo[t];
+          pa += ai[t] * diff;
+          ph += (hh[t] + he[t]) * diff;
+        }
+        ph *= inv_z;
+      } else {
+#pragma omp simd reduction(+ : pa, ph)
+        for (int64_t t = 0; t < d; ++t) {
+          const T diff = cs[t] - lo[t];
+          pa += ai[t] * diff;
+          ph += hh[t] * diff;
+        }
+      }
+    }
+#pragma omp simd
+    for (int64_t t = 0; t < d; ++t) e[t] = (acc[t] + e[t]) * inv_z;
+    ws.ea[r] = dot(ai, e, d);
+    ws.eh[r] = dot(h, e, d);
+    if (strict) ws.sl[r] = pa, ws.sh[r] = ph;
+  }
+}
+
+// The per-rank logits x_r = c_r / tau (and |h_r|^2 in n2) from <h_r, a_i> and |h_r|^2; returns l_i.
+template <typename T>
+inline T rank_loss(const Inputs<T>& in, int64_t i, Workspace<T>& ws) {
+  const int64_t B = in.B;
   const T eps = T(kEps);
   const T na = std::max(in.anorm[i], eps);
-  const T* mrow = in.mt + i * B;
   for (int64_t r = 0; r < B; ++r) {
     T dt, n2;
     if (in.hard) {
       const int64_t j = ws.jstar[r];
-      dt = mrow[j];
-      n2 = in.gz[j * B + j];
-    } else if (in.gram) {  // Y_r = Pt_r gz: |e_r|^2 = <Y_r, Pt_r>, and Y_r = <e_r, z_.> for the backward
-      const T* p = ws.pt.data() + r * B;
-      T* y = ws.ex.data() + r * B;
-      combine_rows(p, in.gz, B, B, y);
-      dt = dot(p, mrow, B);
-      n2 = dot(y, p, B);
-    } else {  // E_r = Pt_r z
-      T* e = ws.ex.data() + r * d;
-      combine_rows(ws.pt.data() + r * B, in.z, B, d, e);
-      dt = dot(e, in.a + i * d, d);
-      n2 = dot(e, e, d);
+      dt = in.mt[i * B + j];
+      n2 = in.zn2[j];
+    } else {
+      dt = ws.ea[r];
+      n2 = ws.eh[r];
     }
     n2 = std::max(n2, T(0));
     ws.n2[r] = n2;
@@ -156,13 +217,21 @@ inline T anchor_loss(const Inputs<T>& in, int64_t i, Workspace<T>& ws) {
   return loss / T(in.m);
 }
 
-// Backward of anchor i (after sort_row and anchor_loss), for the loss scaled by `scale` (= grad_k / B):
-// adds alpha_r P_r. to crow (C's row i), returns delta_i, adds the beta terms to h (B x B) or dzb (B x d,
-// direct soft path), and writes dL/dD_i. to ddrow.
+// Forward of anchor i after sort_row: l_i (soft: the latents by the recurrences; hard: reads of the Grams).
 template <typename T>
-inline T anchor_backward(const Inputs<T>& in, int64_t i, const T* drow, T inv_ts, T scale, Workspace<T>& ws,
-                         T* crow, T* h, T* dzb, T* ddrow) {
+inline T anchor_loss(const Inputs<T>& in, int64_t i, Workspace<T>& ws) {
+  if (!in.hard) soft_latents(in, i, ws, false);
+  return rank_loss(in, i, ws);
+}
+
+// Backward of anchor i after sort_row, for the loss scaled by `scale` (= grad_k / B): adds the alpha
+// coefficients to crow (C's row i), the beta terms to dzb (B x d), writes dL/dD_i. to ddrow; returns delta_i.
+template <typename T>
+inline T anchor_backward(const Inputs<T>& in, int64_t i, T inv_ts, T scale, Workspace<T>& ws, T* crow, T* dzb,
+                         T* ddrow) {
   const int64_t B = in.B, d = in.d, m = in.m;
+  soft_latents(in, i, ws, true);
+  rank_loss(in, i, ws);
   const T eps = T(kEps);
   const T anorm = in.anorm[i];
   const T na = std::max(anorm, eps);
@@ -181,65 +250,80 @@ inline T anchor_backward(const Inputs<T>& in, int64_t i, const T* drow, T inv_ts
     const T norm = std::sqrt(ws.n2[r]);
     const T ne = std::max(norm, eps);
     const T c = ws.x[r] / in.inv_tau;
+    const T iz = T(1) / ws.zsum[r];
     ws.alpha[r] = G / (ne * na);
     ws.beta[r] = norm > eps ? -G * c / (ne * ne) : T(0);
     delta -= G * c;
+    // rank side: <y_r, Cs_r - As_r> and gamma_r = <y_r, e~_r>, y_r = (alpha_r a_i + beta_r h_r) / Z_r
+    ws.pd[r] = (ws.alpha[r] * ws.sl[r] + ws.beta[r] * ws.sh[r]) * iz;
+    ws.gam[r] = (ws.alpha[r] * ws.ea[r] + ws.beta[r] * ws.eh[r]) * iz;
+    ws.x[r] = ws.alpha[r] * iz;  // the scalar part of y (times a_i)
   }
   delta = anorm > eps ? delta / (na * na) : T(0);
-  std::fill(ddrow, ddrow + B, T(0));
+  // scalar scans: alpha / Z (C's row, soft; the a_i part of Ys), gamma
+  scan(ws, B, ws.x.data(), ws.sl.data(), ws.sh.data(), in.hard ? nullptr : ws.sf.data());
+  scan(ws, B, ws.gam.data(), ws.gl.data(), ws.gh.data(), static_cast<T*>(nullptr));
+  // vector scans of x_r = beta_r h_r / Z_r: strict parts dotted with z_pi(k) (xl, xh); soft, (W x) into dzb
+  T* buf = ws.buf.data();
+  T* acc = ws.acc.data();
+  T* lo = ws.lo.data();
+  auto hvec = [&](int64_t r) { return in.hard ? in.z + ws.jstar[r] * d : buf + r * d; };
+  std::fill(acc, acc + d, T(0));
+  std::fill(lo, lo + d, T(0));
+  for (int64_t r = 0; r < B; ++r) {  // below, inclusive
+    const T fr = ws.f[r];
+    const bool tie = r > 0 && ws.q[r] == ws.q[r - 1];
+    const T* zr = in.z + ws.order[r] * d;
+    if (!tie) {
+#pragma omp simd
+      for (int64_t t = 0; t < d; ++t) lo[t] = fr * acc[t];
+    }
+    ws.xl[r] = dot(zr, lo, d);
+    const T c = ws.beta[r] / ws.zsum[r];
+    const T* h = hvec(r);
+#pragma omp simd
+    for (int64_t t = 0; t < d; ++t) acc[t] = fr * acc[t] + c * h[t];
+    if (!in.hard) {
+      T* out = dzb + ws.order[r] * d;
+#pragma omp simd
+      for (int64_t t = 0; t < d; ++t) out[t] += acc[t];
+    }
+  }
+  std::fill(acc, acc + d, T(0));
+  std::fill(lo, lo + d, T(0));
+  for (int64_t r = B - 1; r >= 0; --r) {  // above, exclusive
+    if (r < B - 1) {
+      const T fr = ws.f[r + 1];
+      const T c = ws.beta[r + 1] / ws.zsum[r + 1];
+      const T* h = hvec(r + 1);
+#pragma omp simd
+      for (int64_t t = 0; t < d; ++t) acc[t] = fr * (acc[t] + c * h[t]);
+      if (ws.q[r + 1] != ws.q[r]) std::copy(acc, acc + d, lo);
+    }
+    const T* zr = in.z + ws.order[r] * d;
+    ws.xh[r] = dot(zr, lo, d);
+    if (!in.hard) {
+      T* out = dzb + ws.order[r] * d;
+#pragma omp simd
+      for (int64_t t = 0; t < d; ++t) out[t] += acc[t];
+    }
+  }
   const T* mrow = in.mt + i * B;
-  for (int64_t r = 0; r < B; ++r) {
-    const T al = ws.alpha[r], be = ws.beta[r];
-    T* p = ws.row.data();
-    // dL/dP_r. and the latent coefficients
+  for (int64_t k = 0; k < B; ++k) {
+    const int64_t j = ws.order[k];
+    const T q = mrow[j] * (ws.sh[k] - ws.sl[k]) + ws.xh[k] - ws.xl[k];
+    ddrow[j] = (ws.pd[k] + q + ws.gam[k] * (ws.zlo[k] - ws.zhi[k]) + ws.gl[k] - ws.gh[k]) * inv_ts;
     if (in.hard) {
-      const int64_t js = ws.jstar[r];
-      soft_row(in, drow, ws.q[r], inv_ts, p);
-      const T* gj = in.gz + js * B;
+      const int64_t js = ws.jstar[k];
+      crow[js] += ws.alpha[k];
+      T* out = dzb + js * d;
+      const T be = ws.beta[k];
+      const T* zj = in.z + js * d;
 #pragma omp simd
-      for (int64_t j = 0; j < B; ++j) ws.dpt[j] = al * mrow[j] + be * gj[j];
-      crow[js] += al;
-      h[js * B + js] += be;
+      for (int64_t t = 0; t < d; ++t) out[t] += be * zj[t];
     } else {
-      p = ws.pt.data() + r * B;
-      const T* t = in.gram ? ws.ex.data() + r * B : ws.tt.data() + r * B;
-      if (!in.gram) {  // <e_r, z_j> for every j
-        const T* e = ws.ex.data() + r * d;
-        T* tr = ws.tt.data() + r * B;
-        for (int64_t j = 0; j < B; ++j) tr[j] = dot(e, in.z + j * d, d);
-      }
-#pragma omp simd
-      for (int64_t j = 0; j < B; ++j) ws.dpt[j] = al * mrow[j] + be * t[j];
-#pragma omp simd
-      for (int64_t j = 0; j < B; ++j) crow[j] += al * p[j];
-      if (be != T(0)) {
-        for (int64_t j = 0; j < B; ++j) {
-          const T w = be * p[j];
-          if (w == T(0)) continue;
-          if (in.gram) {
-            T* hj = h + j * B;
-#pragma omp simd
-            for (int64_t l = 0; l < B; ++l) hj[l] += w * p[l];
-          } else {
-            T* out = dzb + j * d;
-            const T* e = ws.ex.data() + r * d;
-#pragma omp simd
-            for (int64_t l = 0; l < d; ++l) out[l] += w * e[l];
-          }
-        }
-      }
+      crow[j] += ws.sf[k];
     }
-    // softmax backward, then |q_r - D_j|: dD_j += dlogit sgn(q_r - D_j) / tau_s, q_r (= D at order[r]) the opposite
-    const T s = dot(p, ws.dpt.data(), B);
-    T dq = 0;
-    for (int64_t j = 0; j < B; ++j) {
-      const T diff = ws.q[r] - drow[j];
-      const T sg = diff > T(0) ? T(1) : (diff < T(0) ? T(-1) : T(0));
-      const T v = p[j] * (ws.dpt[j] - s) * sg * inv_ts;
-      ddrow[j] += v;
-      dq -= v;
-    }
-    ddrow[ws.order[r]] += dq;
   }
   return delta;
 }
