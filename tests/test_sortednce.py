@@ -78,7 +78,7 @@ def test_reference_equals_a_naive_loop(hard):
     assert all(g.abs().sum() > 0 for g in got_g)  # every input receives a gradient (the codes through SoftSort)
 
 
-# (batch, d, bits, m): B = 2, d < B (E = Pt z path), d > B (Gram path), lengths not multiples of 64, m = 1 and B - 1
+# (batch, d, bits, m): B = 2, d < B and d > B, lengths not multiples of 64, m = 1 and B - 1
 SHAPES = [(2, 3, [5], 1), (7, 3, [5, 13, 70], 2), (9, 20, [8, 33], 1), (6, 4, [64, 65], 5), (17, 5, [3, 16], 3)]
 
 
@@ -140,6 +140,57 @@ def test_all_lengths_in_one_call_equal_separate_calls(name, hard):
         torch.testing.assert_close(got[k], one[0], rtol=1e-13, atol=1e-13)
         total = list(one_g) if k == 0 else [s + g for s, g in zip(total, one_g)]  # one_g: w.r.t. the full u, v
     assert_close(got_g, total, 1e-10, 1e-12)
+
+
+# SoftSort temperatures from nearly hard to nearly flat (the recurrences' factors exp(-(q_r - q_{r-1}) / tau_s)
+# underflow to 0 or sit at 1), on (batch, d, bits, m, +-1 codes): ties in D (+-1 codes), B not a power of 2,
+# K = 1 and K > 1, d < B and d > B
+SORT_TAUS = [1e-3, 0.05, 1.0, 100.0]
+SWEEP = [(7, 3, [5, 13], 2, True), (6, 9, [4], 1, True), (5, 12, [8, 20], 3, False)]
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("sort_tau", SORT_TAUS)
+def test_recurrences_over_sort_temperatures_and_ties(name, hard, sort_tau):
+    for batch, d, bits, m, signs in SWEEP:
+        u, v, z, a = make(batch, d, bits[-1], seed=batch + d, signs=signs)
+        args = (bits, m, 0.3, [sort_tau * (k + 1) for k in range(len(bits))], hard)
+        weights = torch.linspace(1.0, -0.4, len(bits), dtype=torch.float64)
+        torch.testing.assert_close(op(name)(u, v, z, a, *args), reference.sorted_nce(u, v, z, a, *args),
+                                   rtol=1e-12, atol=1e-12)
+        got = op(name.replace("sorted_nce", "sorted_nce_backward"))(weights, u, v, z, a, *args)
+        assert_close(got, reference.sorted_nce_backward(weights, u, v, z, a, *args), 1e-9, 1e-12)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("sort_tau", [1e-3, 0.5])
+def test_float32_small_sort_temperature(name, hard, sort_tau):
+    """Small tau_s (the loss's default on D in [0, 1] is ~0.5 or below): float32 values within 1e-5 of float64,
+    and gradients as close as the materialised form's own float32 ones (the codes' gradient carries 1 / tau_s
+    times D's rounding, on every implementation)."""
+    u, v, z, a = make(20, 24, 32, seed=31)
+    args = ([16, 32], 2, 0.1, [sort_tau, sort_tau], hard)
+    ones = torch.ones(2, dtype=torch.float64)
+    want, want_g = grads(lambda *t: reference.sorted_nce(*t, *args), (u, v, z, a), ones)
+    low = [t.float() for t in (u, v, z, a)]
+    got, got_g = grads(lambda *t: op(name)(*t, *args), low, ones.float())
+    _, ref_g = grads(lambda *t: reference.sorted_nce(*t, *args), low, ones.float())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    for g, r, w in zip(got_g, ref_g, want_g):
+        scale = w.abs().max()
+        assert (g.double() - w).abs().max() / scale <= 4 * (r.double() - w).abs().max() / scale + 1e-6
+
+
+@needs_ext
+@pytest.mark.parametrize("sort_tau", [1e-3, 1.0, 100.0])
+@pytest.mark.parametrize("batch, d, bits", [(7, 3, [5, 13]), (5, 9, [6])])
+def test_gradcheck_soft_over_sort_temperatures(sort_tau, batch, d, bits):
+    """Finite differences of the soft variant (distinct distances: the sort and |.| are smooth there)."""
+    u, v, z, a = make(batch, d, bits[-1], seed=37 + batch)
+    fn = lambda *t: torch.ops.nhl_fast.sorted_nce(*t, bits, 2, 0.3, [sort_tau] * len(bits), False)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, [t.requires_grad_(True) for t in (u, v, z, a)])
 
 
 @needs_ext
