@@ -17,14 +17,15 @@ namespace {
 
 template <typename T>
 void backward_terms(const sorted_nce::Inputs<T>& in, const T* dist, at::ArrayRef<double> sort_tau,
-                    const std::vector<double>& grad, T* coef, T* delta, T* dzb, T* ddist) {
+                    const std::vector<double>& grad, T* coef, T* delta, T* dzb, T* hbeta, T* ddist) {
   const int64_t K = static_cast<int64_t>(sort_tau.size()), B = in.B, d = in.d;
 #pragma omp parallel
   {
     const int tid = sorted_nce_thread_id();
     sorted_nce::Workspace<T> ws;
     ws.init(in, true);
-    T* zb = dzb + int64_t(tid) * B * d;
+    T* zb = dzb ? dzb + int64_t(tid) * B * d : nullptr;
+    T* hb = hbeta ? hbeta + int64_t(tid) * B : nullptr;
     for (int64_t k = 0; k < K; ++k) {
       if (grad[k] == 0) continue;  // the same k on every thread: the loop's barriers stay matched
       const T inv_ts = T(1.0 / sort_tau[k]);
@@ -36,7 +37,8 @@ void backward_terms(const sorted_nce::Inputs<T>& in, const T* dist, at::ArrayRef
       for (int64_t i = 0; i < B; ++i) {
         const T* drow = dist + (k * B + i) * B;
         sorted_nce::sort_row(in, drow, inv_ts, ws);
-        delta[i] += sorted_nce::anchor_backward(in, i, inv_ts, scale, ws, coef + i * B, zb, ddist + (k * B + i) * B);
+        delta[i] += sorted_nce::anchor_backward(in, i, inv_ts, scale, ws, coef + i * B, zb, hb,
+                                                ddist + (k * B + i) * B);
       }
     }
   }
@@ -59,15 +61,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sorted_nce_backward_c
   const int64_t threads = sorted_nce_threads();
   at::Tensor coef = at::zeros({B, B}, u.options());
   at::Tensor delta = at::zeros({B}, u.options());
-  at::Tensor dzb = at::zeros({threads, B, d}, u.options());
+  // per-thread latent partial sums: soft a B x d buffer, hard only the coefficients of z_j (dz_j += h_j z_j)
+  at::Tensor dzb = hard ? at::Tensor() : at::zeros({threads, B, d}, u.options());
+  at::Tensor hbeta = hard ? at::zeros({threads, B}, u.options()) : at::Tensor();
   at::Tensor ddist = at::zeros({K, B, B}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "sorted_nce_backward_cpu", [&] {
     const auto in = sorted_nce_inputs<scalar_t>(p, m, tau, hard);
     backward_terms<scalar_t>(in, p.dist.data_ptr<scalar_t>(), sort_tau, gvec, coef.data_ptr<scalar_t>(),
-                             delta.data_ptr<scalar_t>(), dzb.data_ptr<scalar_t>(), ddist.data_ptr<scalar_t>());
+                             delta.data_ptr<scalar_t>(), hard ? nullptr : dzb.data_ptr<scalar_t>(),
+                             hard ? hbeta.data_ptr<scalar_t>() : nullptr, ddist.data_ptr<scalar_t>());
   });
-  // latents: dz = C^T a + the per-thread buffers, da = C z + delta a
-  at::Tensor dz = at::mm(coef.t(), p.a).add_(dzb.sum(0));
+  // latents: dz = C^T a + the per-thread partial sums, da = C z + delta a
+  at::Tensor dz = at::mm(coef.t(), p.a).add_(hard ? hbeta.sum(0).unsqueeze(1) * p.z : dzb.sum(0));
   at::Tensor da = at::addcmul(at::mm(coef, p.z), delta.unsqueeze(1), p.a);
   // codes: D_k = (b_k - u v^T) / (2 b_k), so column c of du takes every length with b_k > c:
   // du[:, block k] = W_k v[:, block k], W_k = sum_{k' >= k} -dD_k' / (2 b_k')  (dv: W_k^T u)

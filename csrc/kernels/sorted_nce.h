@@ -114,71 +114,56 @@ inline void sort_row(const Inputs<T>& in, const T* drow, T inv_ts, Workspace<T>&
 }
 
 // The soft latents e~_r = (W z_pi)_r / Z_r into ws.buf (row r), two scans over d-wide running sums. Per rank:
-// ea = <a_i, e~_r>, eh = <h_r, e~_r> (h_r = e~_r soft, z_j*(r) hard); with `strict` (the backward) also
-// pd_r = <dL/de_r's directions, Cs_r - As_r> as two numbers, kept in sl (a_i) and sh (h_r).
+// ea = <a_i, e~_r>, eh = <h_r, e~_r> (h_r = e~_r soft, z_j*(r) hard) and, for the backward, the strict parts
+// <a_i, Cs_r - As_r> (sl) and <h_r, Cs_r - As_r> (sh).
 template <typename T>
-inline void soft_latents(const Inputs<T>& in, int64_t i, Workspace<T>& ws, bool strict) {
+inline void soft_latents(const Inputs<T>& in, int64_t i, Workspace<T>& ws) {
   const int64_t B = in.B, d = in.d;
   const T* ai = in.a + i * d;
   T* buf = ws.buf.data();
   T* acc = ws.acc.data();
   T* lo = ws.lo.data();
   // K_r = sum_{s>r} w_rs z_pi(s) into buf, from the top
-  std::fill(acc, acc + d, T(0));
-  for (int64_t r = B - 1; r >= 0; --r) {
+  std::fill(buf + (B - 1) * d, buf + B * d, T(0));
+  for (int64_t r = B - 2; r >= 0; --r) {
+    const T fn = ws.f[r + 1];
+    const T* zn = in.z + ws.order[r + 1] * d;
+    const T* up = buf + (r + 1) * d;
     T* out = buf + r * d;
-    if (r < B - 1) {
-      const T fr = ws.f[r + 1];
-      const T* zn = in.z + ws.order[r + 1] * d;
 #pragma omp simd
-      for (int64_t t = 0; t < d; ++t) acc[t] = fr * (acc[t] + zn[t]);
-    }
-    std::copy(acc, acc + d, out);
+    for (int64_t t = 0; t < d; ++t) out[t] = fn * (up[t] + zn[t]);
   }
-  // F_r = sum_{s<=r} w_rs z_pi(s) (acc) and its strict part As_r (lo); e~_r = (F_r + K_r) / Z_r over K_r
+  // F_r = sum_{s<=r} w_rs z_pi(s) (acc) and its strict part As_r (lo); e~_r = (F_r + K_r) / Z_r over K_r,
+  // all of a rank's products in one sweep over d
   std::fill(acc, acc + d, T(0));
   std::fill(lo, lo + d, T(0));
+  const T soft = in.hard ? T(0) : T(1), hard = T(1) - soft;
   for (int64_t r = 0; r < B; ++r) {
     const T fr = ws.f[r];
     const bool tie = r > 0 && ws.q[r] == ws.q[r - 1];
+    const T kl = tie ? T(1) : T(0), ka = tie ? T(0) : fr;  // As_r = As_{r-1} on a tie, else f_r F_{r-1}
     const T* zr = in.z + ws.order[r] * d;
-    if (strict && !tie) {
-#pragma omp simd
-      for (int64_t t = 0; t < d; ++t) lo[t] = fr * acc[t];
-    }
-#pragma omp simd
-    for (int64_t t = 0; t < d; ++t) acc[t] = fr * acc[t] + zr[t];
+    const T* hz = in.hard ? in.z + ws.jstar[r] * d : zr;   // h_r = z_j*(r) (hard) or e~_r (soft)
     T* e = buf + r * d;
     const T* cs = buf + ws.last[r] * d;  // Cs_r = K at the last rank of r's tie group (not yet overwritten)
-    const T* h = in.hard ? in.z + ws.jstar[r] * d : e;
-    const T inv_z = T(1) / ws.zsum[r];
-    T pa = 0, ph = 0;
-    if (strict) {  // <a_i, Cs_r - As_r> and <h_r, Cs_r - As_r>; soft h_r = e~_r = (F_r + K_r) / Z_r, before e
-                   // overwrites K_r
-      const T* hh = in.hard ? h : acc;
-      const T* he = in.hard ? nullptr : e;
-      if (he) {
-#pragma omp simd reduction(+ : pa, ph)
-        for (int64_t t = 0; t < d; ++t) {
-          const T diff = cs[t] - lo[t];
-          pa += ai[t] * diff;
-          ph += (hh[t] + he[t]) * diff;
-        }
-        ph *= inv_z;
-      } else {
-#pragma omp simd reduction(+ : pa, ph)
-        for (int64_t t = 0; t < d; ++t) {
-          const T diff = cs[t] - lo[t];
-          pa += ai[t] * diff;
-          ph += hh[t] * diff;
-        }
-      }
+    const T iz = T(1) / ws.zsum[r];
+    T ea = 0, eh = 0, pa = 0, ph = 0;
+#pragma omp simd reduction(+ : ea, eh, pa, ph)
+    for (int64_t t = 0; t < d; ++t) {
+      const T l = kl * lo[t] + ka * acc[t];
+      const T f = fr * acc[t] + zr[t];
+      const T x = (f + e[t]) * iz;
+      const T diff = cs[t] - l;  // read before e (possibly cs) is overwritten
+      const T h = hard * hz[t] + soft * x;
+      lo[t] = l;
+      acc[t] = f;
+      e[t] = x;
+      ea += ai[t] * x;
+      eh += h * x;
+      pa += ai[t] * diff;
+      ph += h * diff;
     }
-#pragma omp simd
-    for (int64_t t = 0; t < d; ++t) e[t] = (acc[t] + e[t]) * inv_z;
-    ws.ea[r] = dot(ai, e, d);
-    ws.eh[r] = dot(h, e, d);
-    if (strict) ws.sl[r] = pa, ws.sh[r] = ph;
+    ws.ea[r] = ea, ws.eh[r] = eh, ws.sl[r] = pa, ws.sh[r] = ph;
   }
 }
 
@@ -220,17 +205,36 @@ inline T rank_loss(const Inputs<T>& in, int64_t i, Workspace<T>& ws) {
 // Forward of anchor i after sort_row: l_i (soft: the latents by the recurrences; hard: reads of the Grams).
 template <typename T>
 inline T anchor_loss(const Inputs<T>& in, int64_t i, Workspace<T>& ws) {
-  if (!in.hard) soft_latents(in, i, ws, false);
+  if (!in.hard) soft_latents(in, i, ws);
   return rank_loss(in, i, ws);
 }
 
+// One rank of a d-wide scan: acc <- f acc + c h, lo <- kl lo + ka acc_old + kn acc_new (a strict part that is
+// kept, renewed from the sum before or after this rank); adds the new acc to out (kOut); returns <z, lo>.
+template <bool kOut, typename T>
+inline T scan_step(T* acc, T* lo, const T* h, const T* z, T* out, int64_t d, T f, T c, T kl, T ka, T kn) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t t = 0; t < d; ++t) {
+    const T old = acc[t];
+    const T now = f * old + c * h[t];
+    const T l = kl * lo[t] + ka * old + kn * now;
+    acc[t] = now;
+    lo[t] = l;
+    s += z[t] * l;
+    if constexpr (kOut) out[t] += now;
+  }
+  return s;
+}
+
 // Backward of anchor i after sort_row, for the loss scaled by `scale` (= grad_k / B): adds the alpha
-// coefficients to crow (C's row i), the beta terms to dzb (B x d), writes dL/dD_i. to ddrow; returns delta_i.
+// coefficients to crow (C's row i), the beta terms to dzb (soft, B x d) or hbeta (hard, B: dz_j += hbeta_j z_j),
+// writes dL/dD_i. to ddrow; returns delta_i.
 template <typename T>
 inline T anchor_backward(const Inputs<T>& in, int64_t i, T inv_ts, T scale, Workspace<T>& ws, T* crow, T* dzb,
-                         T* ddrow) {
+                         T* hbeta, T* ddrow) {
   const int64_t B = in.B, d = in.d, m = in.m;
-  soft_latents(in, i, ws, true);
+  soft_latents(in, i, ws);
   rank_loss(in, i, ws);
   const T eps = T(kEps);
   const T anorm = in.anorm[i];
@@ -264,49 +268,29 @@ inline T anchor_backward(const Inputs<T>& in, int64_t i, T inv_ts, T scale, Work
   scan(ws, B, ws.x.data(), ws.sl.data(), ws.sh.data(), in.hard ? nullptr : ws.sf.data());
   scan(ws, B, ws.gam.data(), ws.gl.data(), ws.gh.data(), static_cast<T*>(nullptr));
   // vector scans of x_r = beta_r h_r / Z_r: strict parts dotted with z_pi(k) (xl, xh); soft, (W x) into dzb
-  T* buf = ws.buf.data();
   T* acc = ws.acc.data();
   T* lo = ws.lo.data();
-  auto hvec = [&](int64_t r) { return in.hard ? in.z + ws.jstar[r] * d : buf + r * d; };
+  auto step = [&](int64_t r, const T* h, T f, T c, T kl, T ka, T kn) {
+    const T* zr = in.z + ws.order[r] * d;
+    return in.hard ? scan_step<false>(acc, lo, h, zr, static_cast<T*>(nullptr), d, f, c, kl, ka, kn)
+                   : scan_step<true>(acc, lo, h, zr, dzb + ws.order[r] * d, d, f, c, kl, ka, kn);
+  };
+  auto hvec = [&](int64_t r) { return in.hard ? in.z + ws.jstar[r] * d : ws.buf.data() + r * d; };
   std::fill(acc, acc + d, T(0));
   std::fill(lo, lo + d, T(0));
-  for (int64_t r = 0; r < B; ++r) {  // below, inclusive
-    const T fr = ws.f[r];
+  for (int64_t r = 0; r < B; ++r) {  // below (strict: kept on a tie), inclusive
     const bool tie = r > 0 && ws.q[r] == ws.q[r - 1];
-    const T* zr = in.z + ws.order[r] * d;
-    if (!tie) {
-#pragma omp simd
-      for (int64_t t = 0; t < d; ++t) lo[t] = fr * acc[t];
-    }
-    ws.xl[r] = dot(zr, lo, d);
-    const T c = ws.beta[r] / ws.zsum[r];
-    const T* h = hvec(r);
-#pragma omp simd
-    for (int64_t t = 0; t < d; ++t) acc[t] = fr * acc[t] + c * h[t];
-    if (!in.hard) {
-      T* out = dzb + ws.order[r] * d;
-#pragma omp simd
-      for (int64_t t = 0; t < d; ++t) out[t] += acc[t];
-    }
+    const T fr = ws.f[r];
+    ws.xl[r] = step(r, hvec(r), fr, ws.beta[r] / ws.zsum[r], tie ? T(1) : T(0), tie ? T(0) : fr, T(0));
   }
   std::fill(acc, acc + d, T(0));
   std::fill(lo, lo + d, T(0));
-  for (int64_t r = B - 1; r >= 0; --r) {  // above, exclusive
-    if (r < B - 1) {
-      const T fr = ws.f[r + 1];
-      const T c = ws.beta[r + 1] / ws.zsum[r + 1];
-      const T* h = hvec(r + 1);
-#pragma omp simd
-      for (int64_t t = 0; t < d; ++t) acc[t] = fr * (acc[t] + c * h[t]);
-      if (ws.q[r + 1] != ws.q[r]) std::copy(acc, acc + d, lo);
-    }
-    const T* zr = in.z + ws.order[r] * d;
-    ws.xh[r] = dot(zr, lo, d);
-    if (!in.hard) {
-      T* out = dzb + ws.order[r] * d;
-#pragma omp simd
-      for (int64_t t = 0; t < d; ++t) out[t] += acc[t];
-    }
+  for (int64_t r = B - 1; r >= 0; --r) {  // above (strict: renewed past a tie group), exclusive
+    const bool up = r < B - 1;
+    const T fn = up ? ws.f[r + 1] : T(0);
+    const T c = up ? fn * ws.beta[r + 1] / ws.zsum[r + 1] : T(0);
+    const T kb = up && ws.q[r + 1] != ws.q[r] ? T(1) : T(0);
+    ws.xh[r] = step(r, up ? hvec(r + 1) : in.z, fn, c, T(1) - kb, T(0), kb);
   }
   const T* mrow = in.mt + i * B;
   for (int64_t k = 0; k < B; ++k) {
@@ -316,11 +300,7 @@ inline T anchor_backward(const Inputs<T>& in, int64_t i, T inv_ts, T scale, Work
     if (in.hard) {
       const int64_t js = ws.jstar[k];
       crow[js] += ws.alpha[k];
-      T* out = dzb + js * d;
-      const T be = ws.beta[k];
-      const T* zj = in.z + js * d;
-#pragma omp simd
-      for (int64_t t = 0; t < d; ++t) out[t] += be * zj[t];
+      hbeta[js] += ws.beta[k];
     } else {
       crow[j] += ws.sf[k];
     }
