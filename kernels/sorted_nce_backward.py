@@ -54,13 +54,8 @@ def _sorted_nce_back_kernel(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_pt
                           BLOCK_D, zs_ptr, zs_ptr, zs_ptr, zs_ptr, zs_ptr)
             tl.debug_barrier()
         acc = tl.zeros([BLOCK_D], dtype=tl.load(zs_ptr + base).dtype)
-        lo = acc
-        s1 = tl.sum(acc, axis=0)
-        sl = s1
-        g1 = s1
-        gl = s1
-        o1 = s1
-        ol = s1
+        lo, zero = acc, tl.sum(acc, axis=0)
+        s1, sl, g1, gl, o1, ol = zero, zero, zero, zero, zero, zero  # running sums (1) and strict parts (l)
         q_prev = tl.load(q_ptr + base)
         for r in range(0, B):  # strict below and inclusive scans of alpha / Z, gamma and x = beta h / Z
             fr = tl.load(f_ptr + base + r)
@@ -85,14 +80,8 @@ def _sorted_nce_back_kernel(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_pt
                 tl.store(c_ptr + base + j, s1)
                 tl.atomic_add(dz_ptr + j.to(tl.int64) * d + offs, acc, mask=md)
             q_prev = qr
-        acc = tl.zeros([BLOCK_D], dtype=acc.dtype)
-        lo = acc
-        s2 = tl.sum(acc, axis=0)
-        sh = s2
-        g2 = s2
-        gh = s2
-        o2 = s2
-        oh = s2
+        acc, lo = tl.zeros([BLOCK_D], dtype=zero.dtype), tl.zeros([BLOCK_D], dtype=zero.dtype)
+        s2, sh, g2, gh, o2, oh = zero, zero, zero, zero, zero, zero  # running sums (2) and strict parts (h)
         for rr in range(0, B):  # strict above and exclusive scans
             r = B - 1 - rr
             nxt = r + 1
