@@ -8,7 +8,7 @@ so the soft sorted latent e~_r = (W z_pi)_r / Z_r (Z = W 1) costs O(B d) per anc
 and no (B, B, d) sorted latents. One program walks its anchors' ranks with d-wide running sums; the K_r rows
 of the anchor in hand sit in the program's own (B, d) scratch slot (programs are capped so that the slots stay
 within SCRATCH elements). Per rank it writes <a_i, e~_r>, <h_r, e~_r> (h_r = e~_r soft, z_j*(r) hard) and, for
-the backward, the strict parts <a_i | h_r, Cs_r - As_r> (q_s > q_r minus q_s < q_r). The hard forward reads
+the backward, the strict parts <a_i | h_r, Ca_r - Ab_r> (q_s > q_r minus q_s < q_r). The hard forward reads
 <a_i, z_j*> and |z_j*|^2 (a z^T and the norms, torch). The loss over ranks (a logsumexp per anchor) is a few
 elementwise torch ops on the (K, B, B) rank logits. The backward (kernels/sorted_nce_backward.py) recomputes.
 """
@@ -54,7 +54,7 @@ def _soft_latents(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, buf_ptr
     lo = tl.zeros([BLOCK_D], dtype=a.dtype)
     f1 = tl.sum(acc, axis=0)
     q_prev = tl.load(q_ptr + base)
-    for r in range(0, B):  # F_r, its strict part As_r (lo), e~_r = (F_r + K_r) / Z_r over K_r
+    for r in range(0, B):  # F_r, its strict part Ab_r (lo), e~_r = (F_r + K_r) / Z_r over K_r
         fr = tl.load(f_ptr + base + r)
         qr = tl.load(q_ptr + base + r)
         jr = tl.load(ord_ptr + base + r)
@@ -72,7 +72,7 @@ def _soft_latents(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, buf_ptr
             h = e
         if STATS:
             lr = tl.load(last_ptr + base + r)
-            diff = tl.load(buf_ptr + lr * d + offs, mask=md, other=0.0) - lo  # Cs_r - As_r (buf[last] still K)
+            diff = tl.load(buf_ptr + lr * d + offs, mask=md, other=0.0) - lo  # Ca_r - Ab_r (buf[last] still K)
             tl.store(sl_ptr + base + r, tl.sum(a * diff, axis=0))
             tl.store(sh_ptr + base + r, tl.sum(h * diff, axis=0))
             tl.store(ea_ptr + base + r, tl.sum(a * e, axis=0))

@@ -6,7 +6,8 @@ closed form of the loss over ranks (torch, elementwise on (K, B, B)), h_r the fo
   y_r = (alpha_r a_i + beta_r h_r) / Z_r, gamma_r = <y_r, e~_r>   (dL/dw_rs = <y_r, z_s - e~_r>; straight-through
   in the hard variant: the soft rows take the hard rows' gradient)
 and D_i,pi(k) = q_k receives (the derivation: csrc/kernels/sorted_nce.h)
-  dq_k = (1/tau_s) [ <y_k, Cs_k - As_k> + gamma_k (Zs<_k - Zs>_k) + <z_k, Ys>_k - Ys<_k> + Gs<_k - Gs>_k ].
+  dq_k = (1/tau_s) [ <y_k, Ca_k - Ab_k> + gamma_k (Zb_k - Za_k) + <z_k, Ya_k - Yb_k> + Gb_k - Ga_k ]
+(Xb / Xa: the strict sums over q_s < q_k / q_s > q_k of w_ks x_s, x = z_pi, 1, y, gamma).
 One program per anchor row (strided, as the forward) runs the two scans of y (the a_i part as a scalar scan of
 alpha / Z, the h part d-wide), of gamma and of 1, writing dD_i. and, soft, its row of C = sum_r alpha_r P_r. (the
 scalar scan's full sum) and (W (beta h / Z)) into dz (atomics). The hard variant's C and dz are scatter-adds at

@@ -21,10 +21,11 @@
 // h_r the forward latent (e~_r soft, z_{j*(r)} hard). With y_r = dL/de_r / Z_r and gamma_r = <y_r, e~_r>,
 // dL/dw_rs = <y_r, z_s - e~_r> (the softmax backward; straight-through for hard: the soft rows take the hard
 // rows' gradient), and D_i,pi(k) = q_k receives, from the rank side and the candidate side,
-//   dq_k = (1/tau_s) [ <y_k, Cs_k - As_k> + gamma_k (Zs<_k - Zs>_k) + <z_k, Ys>_k - Ys<_k> + Gs<_k - Gs>_k ]
-// where As/Cs, Zs, Ys, Gs are the strict below/above scans of z, 1, y, gamma. The latents: soft
-// dz_pi(s) += (W y)_s (the alpha part as a row of C = sum_r alpha_r P_r., applied by the glue's GEMMs, the
-// beta part into a B x d buffer), hard dz_j* += alpha_r a_i + beta_r z_j* likewise. All O(B d) per anchor.
+//   dq_k = (1/tau_s) [ <y_k, Ca_k - Ab_k> + gamma_k (Zb_k - Za_k) + <z_k, Ya_k - Yb_k> + Gb_k - Ga_k ]
+// where Xb_k = sum_{q_s < q_k} w_ks x_s and Xa_k = sum_{q_s > q_k} w_ks x_s (strict below / above) for
+// x = z_pi (A, C), 1 (Z), y (Y), gamma (G). The latents: soft dz_pi(s) += (W y)_s (its a_i part as row i of
+// C = sum_r alpha_r P_r., applied by the glue's GEMMs, the rest into a per-thread B x d buffer); hard
+// dz_j* += alpha_r a_i + beta_r z_j* (C, and per-thread coefficients of z_j). All O(B d) per anchor.
 // Norms are clamped at kEps (the clamp's side gets no gradient), as in the reference.
 #pragma once
 
@@ -115,7 +116,7 @@ inline void sort_row(const Inputs<T>& in, const T* drow, T inv_ts, Workspace<T>&
 
 // The soft latents e~_r = (W z_pi)_r / Z_r into ws.buf (row r), two scans over d-wide running sums. Per rank:
 // ea = <a_i, e~_r>, eh = <h_r, e~_r> (h_r = e~_r soft, z_j*(r) hard) and, for the backward, the strict parts
-// <a_i, Cs_r - As_r> (sl) and <h_r, Cs_r - As_r> (sh).
+// <a_i, Ca_r - Ab_r> (sl) and <h_r, Ca_r - Ab_r> (sh).
 template <typename T>
 inline void soft_latents(const Inputs<T>& in, int64_t i, Workspace<T>& ws) {
   const int64_t B = in.B, d = in.d;
@@ -133,7 +134,7 @@ inline void soft_latents(const Inputs<T>& in, int64_t i, Workspace<T>& ws) {
 #pragma omp simd
     for (int64_t t = 0; t < d; ++t) out[t] = fn * (up[t] + zn[t]);
   }
-  // F_r = sum_{s<=r} w_rs z_pi(s) (acc) and its strict part As_r (lo); e~_r = (F_r + K_r) / Z_r over K_r,
+  // F_r = sum_{s<=r} w_rs z_pi(s) (acc) and its strict part Ab_r (lo); e~_r = (F_r + K_r) / Z_r over K_r,
   // all of a rank's products in one sweep over d
   std::fill(acc, acc + d, T(0));
   std::fill(lo, lo + d, T(0));
@@ -141,11 +142,11 @@ inline void soft_latents(const Inputs<T>& in, int64_t i, Workspace<T>& ws) {
   for (int64_t r = 0; r < B; ++r) {
     const T fr = ws.f[r];
     const bool tie = r > 0 && ws.q[r] == ws.q[r - 1];
-    const T kl = tie ? T(1) : T(0), ka = tie ? T(0) : fr;  // As_r = As_{r-1} on a tie, else f_r F_{r-1}
+    const T kl = tie ? T(1) : T(0), ka = tie ? T(0) : fr;  // Ab_r = Ab_{r-1} on a tie, else f_r F_{r-1}
     const T* zr = in.z + ws.order[r] * d;
     const T* hz = in.hard ? in.z + ws.jstar[r] * d : zr;   // h_r = z_j*(r) (hard) or e~_r (soft)
     T* e = buf + r * d;
-    const T* cs = buf + ws.last[r] * d;  // Cs_r = K at the last rank of r's tie group (not yet overwritten)
+    const T* cs = buf + ws.last[r] * d;  // Ca_r = K at the last rank of r's tie group (not yet overwritten)
     const T iz = T(1) / ws.zsum[r];
     T ea = 0, eh = 0, pa = 0, ph = 0;
 #pragma omp simd reduction(+ : ea, eh, pa, ph)
@@ -258,7 +259,7 @@ inline T anchor_backward(const Inputs<T>& in, int64_t i, T inv_ts, T scale, Work
     ws.alpha[r] = G / (ne * na);
     ws.beta[r] = norm > eps ? -G * c / (ne * ne) : T(0);
     delta -= G * c;
-    // rank side: <y_r, Cs_r - As_r> and gamma_r = <y_r, e~_r>, y_r = (alpha_r a_i + beta_r h_r) / Z_r
+    // rank side: <y_r, Ca_r - Ab_r> and gamma_r = <y_r, e~_r>, y_r = (alpha_r a_i + beta_r h_r) / Z_r
     ws.pd[r] = (ws.alpha[r] * ws.sl[r] + ws.beta[r] * ws.sh[r]) * iz;
     ws.gam[r] = (ws.alpha[r] * ws.ea[r] + ws.beta[r] * ws.eh[r]) * iz;
     ws.x[r] = ws.alpha[r] * iz;  // the scalar part of y (times a_i)
