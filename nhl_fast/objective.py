@@ -69,7 +69,7 @@ from nhl_fast._dispatch import dispatch
 from nhl_fast._objective_views import join_views
 from nhl_fast.layers import NestedCodes
 from nhl_fast.losses import NestedLoss, PerLengthLoss, get_loss, multi_hot
-from nhl_fast.weight_rules import WEIGHT_RULES, BoundedWeights
+from nhl_fast.weight_rules import WEIGHT_RULES, BoundedWeights, PCGradWeights
 
 
 def objective_terms(u: Tensor, grads: Optional[Tensor], losses: Tensor, x: Optional[Tensor],
@@ -156,7 +156,9 @@ class NHLObjective(nn.Module):
         weight_rule: with ``adaptive``: None picks ``DEFAULT_WEIGHT_RULE`` (``"dominance"`` when ``faithful``);
             ``"dominance"`` (the paper's rule, reference.dominance_weights) or ``"bounded"``
             (nhl_fast.weight_rules: the worst conflict instead of the product, floored at ``weight_floor``,
-            smoothed over steps with ``weight_momentum``).
+            smoothed over steps with ``weight_momentum``) or ``"pcgrad"`` (gradient surgery, Yu et al. 2020:
+            each length's head-weight gradient projected off those it conflicts with, in a fixed order, then
+            summed; nhl_fast.weight_rules.pcgrad_weights).
         **loss_kwargs: passed to the registered loss (e.g. num_classes, num_train).
 
     ``u_list`` is what :class:`~nhl_fast.NestedHashLayer` returns (a :class:`NestedCodes`
@@ -213,7 +215,8 @@ class NHLObjective(nn.Module):
         self.length_scale = length_scale
         scale = torch.tensor(self.bit_list, dtype=torch.float64) ** LENGTH_SCALES[length_scale]
         self.register_buffer("_scale", scale / scale.mean() if length_scale != "mean" else None, persistent=False)
-        self.rule = BoundedWeights(beta, weight_floor, weight_momentum) if weight_rule == "bounded" else None
+        self.rule = {"bounded": lambda: BoundedWeights(beta, weight_floor, weight_momentum),
+                     "pcgrad": PCGradWeights}.get(weight_rule, lambda: None)()
         self._batched_grad = True
         #: use the base loss's closed-form per-length gradients (``length_grads``, e.g. CSQ) when it
         #: has them; False forces the generic autograd path (any loss goes through it)

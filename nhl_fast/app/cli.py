@@ -151,9 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distill", type=float, default=0.1,
                    help="long-short cascade self-distillation weight, 0: off (default: %(default)s)")
     g.add_argument("--beta", type=float, default=1.0, help="adaptive-weight threshold scale (default: %(default)s)")
-    g.add_argument("--weight-rule", choices=("bounded", "dominance"), default=None,
-                   help="adaptive weight rule: bounded (worst conflict, floored, smoothed) or dominance (the "
-                        "paper's product rule) (default: bounded; dominance with --faithful)")
+    g.add_argument("--weight-rule", choices=("bounded", "dominance", "pcgrad"), default=None,
+                   help="adaptive weight rule: bounded (worst conflict, floored, smoothed), dominance (the "
+                        "paper's product rule) or pcgrad (conflicting per-length gradients projected off each "
+                        "other, PCGrad) (default: bounded; dominance with --faithful)")
     g.add_argument("--centers", choices=("joint", "nested", "per_length"), default=None,
                    help="centres of a centre loss (csq, dpn, mdsh, shcir): joint (every prefix separated at once), "
                         "nested (greedy), per_length (the reference's) (default: joint; per_length with --faithful)")
