@@ -34,6 +34,8 @@ RECIPES = {
     "nested+adaptive+distill": {"adaptive": True, "distill": 0.1, "weight_rule": "dominance"},
     "nested+bits": {"adaptive": False, "distill": 0.0, "length_scale": "bits"},
     "nested+sqrt": {"adaptive": False, "distill": 0.0, "length_scale": "sqrt_bits"},
+    "nested+backbone-bits": {"adaptive": False, "distill": 0.0, "length_scale": "backbone_bits"},
+    "nested+pcgrad": {"adaptive": True, "distill": 0.0, "weight_rule": "pcgrad"},
     "nested+bounded": {"adaptive": True, "distill": 0.0, "weight_rule": "bounded"},
     "nested+bounded+distill": {"adaptive": True, "distill": 0.1, "weight_rule": "bounded"},
     "faithful": {"adaptive": True, "distill": 0.1, "faithful": True},   # the reference step, reference centres

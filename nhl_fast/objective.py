@@ -117,7 +117,9 @@ def relax_derivative(codes: NestedCodes, dtype) -> Optional[Tensor]:
 #: "joint" (nhl_fast.losses.joint_centers) separates every prefix at once (bench/bench_fidelity.py)
 DEFAULT_CENTERS = "joint"
 #: length_scale -> the power p of the per-length factor b_k^p / mean(b^p)
-LENGTH_SCALES = {"mean": 0.0, "sqrt_bits": 0.5, "bits": 1.0}
+LENGTH_SCALES = {"mean": 0.0, "sqrt_bits": 0.5, "bits": 1.0, "backbone_bits": 1.0}
+#: the scales that reach only the backbone (the layer's input): the head's W and b train on the losses as defined
+BACKBONE_SCALES = ("backbone_bits",)
 #: the adaptive weight rule when none is named (faithful=True: "dominance", the paper's). On
 #: bench/bench_fidelity.py "bounded" equals dominance wherever the lengths do not conflict (CSQ with joint
 #: centres, feature mode) and is better where they do (DPSH + MLP: worst length -0.008 vs -0.015)
@@ -152,7 +154,10 @@ class NHLObjective(nn.Module):
             (``"per_length"``, the reference's, when ``faithful``); or any value the loss takes.
         length_scale: ``"mean"`` (each L_k as the loss defines it, the reference), ``"bits"`` (L_k times
             b_k / mean(b): the longer lengths get more say over the shared bits and the backbone) or
-            ``"sqrt_bits"`` (times sqrt(b_k) / mean(sqrt(b))).
+            ``"sqrt_bits"`` (times sqrt(b_k) / mean(sqrt(b))), or ``"backbone_bits"``: ``"bits"`` for the gradient
+            that reaches the backbone (the layer's input) only, the head's W and b training on the losses as
+            defined (the weights, distillation and the total's value are those of ``"mean"``; needs the
+            NestedCodes of NestedHashLayer; in feature mode, where nothing trains below the head, it is ``"mean"``).
         weight_rule: with ``adaptive``: None picks ``DEFAULT_WEIGHT_RULE`` (``"dominance"`` when ``faithful``);
             ``"dominance"`` (the paper's rule, reference.dominance_weights) or ``"bounded"``
             (nhl_fast.weight_rules: the worst conflict instead of the product, floored at ``weight_floor``,
@@ -215,6 +220,7 @@ class NHLObjective(nn.Module):
         self.length_scale = length_scale
         scale = torch.tensor(self.bit_list, dtype=torch.float64) ** LENGTH_SCALES[length_scale]
         self.register_buffer("_scale", scale / scale.mean() if length_scale != "mean" else None, persistent=False)
+        self._backbone_only = length_scale in BACKBONE_SCALES
         self.rule = {"bounded": lambda: BoundedWeights(beta, weight_floor, weight_momentum),
                      "pcgrad": PCGradWeights}.get(weight_rule, lambda: None)()
         self._batched_grad = True
@@ -294,6 +300,31 @@ class NHLObjective(nn.Module):
             G = u.new_zeros((k,) + tuple(u.shape))
         return G.detach().transpose(0, 1).reshape(u.shape[0], -1).index_select(1, self._pack_index(u.device))
 
+    def _backbone_scaled(self, total: Tensor, codes, losses: Tensor, u: Tensor, grads: Optional[Tensor],
+                         weights: Tensor, acc) -> Tensor:
+        """length_scale="backbone_bits": total plus a value-neutral term whose gradient reaches the layer's input
+        only: sum_k w_k (s_k - 1) dL_k/du, through the relaxation and W (held constant), so the backbone gets
+        sum_k w_k s_k dL_k/du (the head's W and b keep sum_k w_k dL_k/du)."""
+        if codes is None or codes.weight is None or codes.input is None:
+            raise ValueError(f"length_scale={self.length_scale!r} needs the NestedCodes of NestedHashLayer (it "
+                             "routes a gradient to the layer's input)")
+        if not codes.input.requires_grad:  # feature mode: nothing below the head trains
+            return total
+        if grads is None:  # the autograd path without adaptive weights: the K gradients, one batched call
+            grads = self._loss_grads(losses, u).to(acc)
+        k = len(self.bit_list)
+        length = torch.repeat_interleave(torch.arange(k, device=u.device),
+                                         torch.tensor(self.bit_list, device=u.device))
+        col = self._pack_index(u.device) % self.bit_list[-1]  # u's column of each packed column
+        coef = (weights.to(acc) * (self._scale.to(device=u.device, dtype=acc) - 1))[length]
+        extra = u.new_zeros(u.shape, dtype=acc).index_add_(1, col, grads.to(acc) * coef)
+        deriv = relax_derivative(codes, acc)
+        if deriv is not None:
+            extra = extra * deriv
+        extra_x = (extra @ codes.weight.detach().to(acc)).to(codes.input.dtype)
+        surrogate = (codes.input * extra_x).sum()
+        return total + (surrogate - surrogate.detach()).to(total.dtype)
+
     def forward(self, u_list, labels: Optional[Tensor] = None, indices: Optional[Tensor] = None, *,
                 x: Optional[Tensor] = None, u_other=None, z: Optional[Tensor] = None,
                 z_other: Optional[Tensor] = None, x_other: Optional[Tensor] = None) -> Tensor:
@@ -327,18 +358,19 @@ class NHLObjective(nn.Module):
             inputs = inputs.detach().to(acc)
         u_acc = u.detach().to(acc)
         closed = training and self.closed_form and hasattr(self.base, "length_grads") and views is None
+        scale = None if self._backbone_only else self._scale
         if closed:  # no graph through the base loss: values and packed gradients in closed form
             losses, grads = self.base.length_grads(u_acc, self._labels(labels), indices)
             if losses.shape != (k,):
                 raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({k},)")
-            if self._scale is not None:  # length_scale="bits": each length's values and gradients times s_k
-                s_k = self._scale.to(losses.dtype)
+            if scale is not None:  # length_scale="bits": each length's values and gradients times s_k
+                s_k = scale.to(losses.dtype)
                 losses = losses * s_k
                 grads = grads * torch.repeat_interleave(s_k, torch.tensor(self.bit_list, device=s_k.device))
         else:
             losses = self._base_losses(u, labels, indices, views)
-            if self._scale is not None:
-                losses = losses * self._scale.to(losses.dtype)
+            if scale is not None:
+                losses = losses * scale.to(losses.dtype)
             grads = self._loss_grads(losses, u).to(acc) if adaptive else None  # autograd over the loss graph
         deriv = relax_derivative(codes, acc) if adaptive and codes is not None else None
         use_distill = self.distill > 0 and k > 1
@@ -357,6 +389,8 @@ class NHLObjective(nn.Module):
             total = total.to(losses.dtype) + (final.to(losses.dtype) * losses).sum()
         if training and (closed or use_distill):
             total = _ClosedFormGrad.apply(total, u, grad_u)
+        if training and self._backbone_only:
+            total = self._backbone_scaled(total, codes, losses, u, grads, weights, acc)
         if self.faithful and adaptive:
             # quirk 2: the head keeps the last analysis pass's gradient dO_K/d(W, b) (D_K = 0)
             if codes is None or codes.weight is None:

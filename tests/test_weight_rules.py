@@ -171,6 +171,7 @@ def test_train_command_options():
 
     args = cli.build_parser().parse_args(["train"])
     assert (args.weight_rule, args.centers, args.length_scale, args.faithful) == (None, None, "mean", False)
+    assert cli.build_parser().parse_args(["train", "--length-scale", "backbone_bits"]).length_scale == "backbone_bits"
     args = cli.build_parser().parse_args(["train", "--weight-rule", "dominance", "--centers", "per_length",
                                           "--length-scale", "bits", "--faithful"])
     assert (args.weight_rule, args.centers, args.length_scale, args.faithful) == ("dominance", "per_length", "bits",
@@ -249,3 +250,38 @@ def test_objective_pcgrad_head_gradient_is_naive_pcgrad(loss, distill):
     w = obj.last_weights
     per_x = [torch.autograd.grad(o, x, retain_graph=True)[0] for o in objs]
     torch.testing.assert_close(gx, sum(wk * g for wk, g in zip(w, per_x)))
+
+
+@pytest.mark.parametrize("loss", ["csq", "dpsh"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_backbone_bits_scales_the_backbone_gradient_only(loss, adaptive):
+    """length_scale="backbone_bits": W's gradient and the total are those of "mean" (same weights); the layer
+    input's gradient is that of sum_k w_k (s_k L_k + distill D_k), s_k = b_k / mean(b) (autograd, naive sum)."""
+    layer, x, labels = _problem(4)
+    x.requires_grad_(True)
+    kw = dict(adaptive=adaptive, distill=0.1 if adaptive else 0.0, num_classes=5, num_train=16, weight_momentum=0.0)
+    obj = nf.NHLObjective(loss, BITS, length_scale="backbone_bits", **kw)
+    plain = nf.NHLObjective(loss, BITS, **kw)
+    total = obj(layer(x), labels, torch.arange(16))
+    gw, gx = torch.autograd.grad(total, (layer.weight, x))
+    want_total = plain(layer(x), labels, torch.arange(16))
+    want_w, = torch.autograd.grad(want_total, layer.weight)
+    torch.testing.assert_close(total, want_total)
+    torch.testing.assert_close(gw, want_w)
+    torch.testing.assert_close(obj.last_weights, plain.last_weights)
+    w = obj.last_weights
+    codes = layer(x)
+    per = plain.base(codes.full, F.one_hot(labels, 5).double(), torch.arange(16))
+    s = torch.tensor(BITS, dtype=torch.float64)
+    naive = (w * s / s.mean() * per).sum()
+    if kw["distill"]:
+        naive = naive + kw["distill"] * sum(w[k] * sp_distill(codes[k], codes[k + 1].detach())
+                                            for k in range(len(BITS) - 1))
+    want_x, = torch.autograd.grad(naive, x)
+    torch.testing.assert_close(gx, want_x)
+    # feature mode (no gradient below the head): exactly "mean"
+    feat = nf.NHLObjective(loss, BITS, length_scale="backbone_bits", **kw)
+    torch.testing.assert_close(feat(layer(x.detach()), labels, torch.arange(16)),
+                               plain(layer(x.detach()), labels, torch.arange(16)))
+    with pytest.raises(ValueError, match="needs the NestedCodes"):
+        feat(list(layer(x)), labels, torch.arange(16), x=x)
