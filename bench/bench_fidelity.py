@@ -4,6 +4,8 @@ classes and two noise levels), a linear head on features and an MLP backbone, se
 and several training recipes. Every run goes through the `nhl-fast train` loop (nhl_fast.app.train.fit).
 
     python bench/bench_fidelity.py [--quick] [--jobs 2]      -> bench/results/bench_fidelity.json
+    python bench/bench_fidelity.py --settings synth100-hi --backbones mlp --losses csq \
+        --recipes independent nested default --epochs 20 --out bench_fidelity_<part>   (a part, merged by the tables)
 
 One row per (setting, backbone, loss, recipe, seed, bits): the mAP of that length, plus for nested recipes
 the adaptive weights' mean / std / min / max over the training steps of that length. Tables: make_tables.py.

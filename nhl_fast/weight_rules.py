@@ -30,7 +30,11 @@ gradient is sum_m w_m g_m with w_m = sum_i C_im. Those w are this rule's weights
 backward like every rule's, so W gets exactly PCGrad's gradient, and the layer's input (the backbone)
 receives the same combination of the per-length gradients. Projection order: fixed (the paper draws it at
 random per step): for each i, j = 1..K in increasing length, j != i, each against the ORIGINAL g_j as in
-the paper's Algorithm 1. The weights are not normalised (PCGrad sums; without conflicts they are all 1).
+the paper's Algorithm 1. The weights are not normalised (PCGrad sums; without conflicts they are all 1, and
+they are never below 1: a projection adds back part of the partner's gradient). Measured on
+bench/bench_fidelity.py it is inert where the nested head loses (weights 1.00: CSQ with joint centres, DPSH
+with a linear head: the lengths compete for the shared rows without opposing each other) and no better where
+it acts (DPSH + MLP, DCH with a linear head): an option, not the default.
 """
 from __future__ import annotations
 
