@@ -120,7 +120,7 @@ def relax_derivative(codes: NestedCodes, dtype) -> Optional[Tensor]:
 #: "joint" (nhl_fast.losses.joint_centers) separates every prefix at once (bench/bench_fidelity.py)
 DEFAULT_CENTERS = "joint"
 #: length_scale -> the power p of the per-length factor b_k^p / mean(b^p)
-LENGTH_SCALES = {"mean": 0.0, "sqrt_bits": 0.5, "bits": 1.0, "backbone_bits": 1.0}
+LENGTH_SCALES = {"mean": 0.0, "sqrt_bits": 0.5, "bits": 1.0, "backbone_bits": 1.0, "inv_bits": -1.0}
 #: the scales that reach only the backbone (the layer's input): the head's W and b train on the losses as defined
 BACKBONE_SCALES = ("backbone_bits",)
 #: the adaptive weight rule when none is named (faithful=True: "dominance", the paper's). On
@@ -157,7 +157,8 @@ class NHLObjective(nn.Module):
             (``"per_length"``, the reference's, when ``faithful``); or any value the loss takes.
         length_scale: ``"mean"`` (each L_k as the loss defines it, the reference), ``"bits"`` (L_k times
             b_k / mean(b): the longer lengths get more say over the shared bits and the backbone) or
-            ``"sqrt_bits"`` (times sqrt(b_k) / mean(sqrt(b))), or ``"backbone_bits"``: ``"bits"`` for the gradient
+            ``"sqrt_bits"`` (times sqrt(b_k) / mean(sqrt(b))), ``"inv_bits"`` (times (1 / b_k) / mean(1 / b):
+            the short lengths get the say), or ``"backbone_bits"``: ``"bits"`` for the gradient
             that reaches the backbone (the layer's input) only, the head's W and b training on the losses as
             defined (the weights, distillation and the total's value are those of ``"mean"``; needs the
             NestedCodes of NestedHashLayer; in feature mode, where nothing trains below the head, it is ``"mean"``).

@@ -116,7 +116,7 @@ def test_objective_bounded_rule_weights_and_gradient(loss, distill):
 
 
 @pytest.mark.parametrize("loss", ["csq", "dpsh"])
-@pytest.mark.parametrize("scale,power", [("bits", 1.0), ("sqrt_bits", 0.5)])
+@pytest.mark.parametrize("scale,power", [("bits", 1.0), ("sqrt_bits", 0.5), ("inv_bits", -1.0)])
 def test_length_scale_is_the_scaled_sum(loss, scale, power):
     layer, x, labels = _problem(2)
     kw = dict(adaptive=False, distill=0.0, num_classes=5, num_train=16)
