@@ -8,7 +8,7 @@ from collections import defaultdict
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SHOWN = ("faithful", "nested-ref", "nested", "nested+adaptive", "nested+adaptive+distill", "nested+bits",
-         "nested+backbone-bits", "nested+pcgrad", "default")
+         "nested+backbone-bits", "nested+inv-bits", "nested+pcgrad", "default")
 DETAIL = (("synth100-hi", "identity", "csq"), ("synth100-hi", "mlp", "csq"), ("digits-occluded", "identity", "dpsh"),
           ("synth100-hi", "mlp", "dch"), ("digits", "mlp", "csq"))
 
