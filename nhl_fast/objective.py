@@ -49,10 +49,10 @@ Defaults (chosen on bench/bench_fidelity.py, bench/README.md "Fidelity"): centre
 (every prefix separated at once; the reference's per-length centres were what made one nested head lose to K
 independent heads) and the adaptive weights use ``weight_rule="bounded"`` (the paper's product rule collapses
 with a backbone; bounded equals it where lengths agree); distillation 0.1 stays. Rechecked at 20 epochs with
-``"pcgrad"`` and ``length_scale="backbone_bits"`` beside them: the defaults are within noise of equal weights
-without distillation everywhere (the cheaper equivalent), PCGrad is inert (the lengths' head gradients almost
-never have a negative dot), and no loss scale helps every loss and backbone. ``"dominance"``, ``"pcgrad"``,
-``length_scale="bits"`` / ``"backbone_bits"`` and equal weights stay options.
+``"pcgrad"`` and ``length_scale="backbone_bits"`` / ``"inv_bits"`` beside them: the defaults are within noise of
+equal weights without distillation everywhere (the cheaper equivalent, ``adaptive=False, distill=0``), PCGrad is
+inert (the lengths' head gradients almost never have a negative dot), and no loss scale helps every loss and
+backbone. ``"dominance"``, ``"pcgrad"``, every ``length_scale`` and equal weights stay options.
 
 The reference also slices the flattened weight gradient with a hard-coded 2048
 (ResNet-50 features); here rows are always in_features wide. (Its RML_E branch for
