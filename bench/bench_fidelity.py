@@ -4,6 +4,8 @@ classes and two noise levels), a linear head on features and an MLP backbone, se
 and several training recipes. Every run goes through the `nhl-fast train` loop (nhl_fast.app.train.fit).
 
     python bench/bench_fidelity.py [--quick] [--jobs 2]      -> bench/results/bench_fidelity.json
+    python bench/bench_fidelity.py --settings synth100-hi --backbones mlp --losses csq \
+        --recipes independent nested default --epochs 20 --out bench_fidelity_<part>   (a part, merged by the tables)
 
 One row per (setting, backbone, loss, recipe, seed, bits): the mAP of that length, plus for nested recipes
 the adaptive weights' mean / std / min / max over the training steps of that length. Tables: make_tables.py.
@@ -34,11 +36,16 @@ RECIPES = {
     "nested+adaptive+distill": {"adaptive": True, "distill": 0.1, "weight_rule": "dominance"},
     "nested+bits": {"adaptive": False, "distill": 0.0, "length_scale": "bits"},
     "nested+sqrt": {"adaptive": False, "distill": 0.0, "length_scale": "sqrt_bits"},
+    "nested+backbone-bits": {"adaptive": False, "distill": 0.0, "length_scale": "backbone_bits"},
+    "nested+pcgrad": {"adaptive": True, "distill": 0.0, "weight_rule": "pcgrad"},
+    "nested+inv-bits": {"adaptive": False, "distill": 0.0, "length_scale": "inv_bits"},
     "nested+bounded": {"adaptive": True, "distill": 0.0, "weight_rule": "bounded"},
     "nested+bounded+distill": {"adaptive": True, "distill": 0.1, "weight_rule": "bounded"},
     "faithful": {"adaptive": True, "distill": 0.1, "faithful": True},   # the reference step, reference centres
     "default": {},                                                      # TrainConfig() / NHLObjective() defaults
 }
+#: recipes run only when named (--recipes): side experiments on a few settings
+OPTIONAL = ("nested+bounded", "nested+sqrt", "nested+inv-bits")
 CENTRE_ONLY = ("nested-ref",)  # recipes that differ from others only for centre losses
 CENTRE_LOSSES = ("csq",)
 SETTINGS = ("digits", "digits-occluded", "synth10-lo", "synth10-hi", "synth100-lo", "synth100-hi")
@@ -228,7 +235,7 @@ def main():
     if args.device != "cpu":
         raise SystemExit("bench_fidelity runs on the CPU (small models; --jobs processes)")
     args.recipes = args.recipes or (["independent", "nested", "default"] if args.quick else
-                                    [r for r in RECIPES if r not in ("nested+bounded", "nested+sqrt")])
+                                    [r for r in RECIPES if r not in OPTIONAL])
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.epochs = args.epochs or (2 if args.quick else 4)
     if args.quick:

@@ -48,8 +48,11 @@ its quirks, for comparison:
 Defaults (chosen on bench/bench_fidelity.py, bench/README.md "Fidelity"): centre losses get ``centers="joint"``
 (every prefix separated at once; the reference's per-length centres were what made one nested head lose to K
 independent heads) and the adaptive weights use ``weight_rule="bounded"`` (the paper's product rule collapses
-with a backbone; bounded equals it where lengths agree); distillation 0.1 stays. ``"dominance"``,
-``length_scale="bits"`` (the better trade-off for a backbone on many classes) and equal weights stay options.
+with a backbone; bounded equals it where lengths agree); distillation 0.1 stays. Rechecked at 20 epochs with
+``"pcgrad"`` and ``length_scale="backbone_bits"`` / ``"inv_bits"`` beside them: the defaults are within noise of
+equal weights without distillation everywhere (the cheaper equivalent, ``adaptive=False, distill=0``), PCGrad is
+inert (the lengths' head gradients almost never have a negative dot), and no loss scale helps every loss and
+backbone. ``"dominance"``, ``"pcgrad"``, every ``length_scale`` and equal weights stay options.
 
 The reference also slices the flattened weight gradient with a hard-coded 2048
 (ResNet-50 features); here rows are always in_features wide. (Its RML_E branch for
@@ -69,7 +72,7 @@ from nhl_fast._dispatch import dispatch
 from nhl_fast._objective_views import join_views
 from nhl_fast.layers import NestedCodes
 from nhl_fast.losses import NestedLoss, PerLengthLoss, get_loss, multi_hot
-from nhl_fast.weight_rules import WEIGHT_RULES, BoundedWeights
+from nhl_fast.weight_rules import WEIGHT_RULES, BoundedWeights, PCGradWeights
 
 
 def objective_terms(u: Tensor, grads: Optional[Tensor], losses: Tensor, x: Optional[Tensor],
@@ -117,7 +120,9 @@ def relax_derivative(codes: NestedCodes, dtype) -> Optional[Tensor]:
 #: "joint" (nhl_fast.losses.joint_centers) separates every prefix at once (bench/bench_fidelity.py)
 DEFAULT_CENTERS = "joint"
 #: length_scale -> the power p of the per-length factor b_k^p / mean(b^p)
-LENGTH_SCALES = {"mean": 0.0, "sqrt_bits": 0.5, "bits": 1.0}
+LENGTH_SCALES = {"mean": 0.0, "sqrt_bits": 0.5, "bits": 1.0, "backbone_bits": 1.0, "inv_bits": -1.0}
+#: the scales that reach only the backbone (the layer's input): the head's W and b train on the losses as defined
+BACKBONE_SCALES = ("backbone_bits",)
 #: the adaptive weight rule when none is named (faithful=True: "dominance", the paper's). On
 #: bench/bench_fidelity.py "bounded" equals dominance wherever the lengths do not conflict (CSQ with joint
 #: centres, feature mode) and is better where they do (DPSH + MLP: worst length -0.008 vs -0.015)
@@ -152,11 +157,17 @@ class NHLObjective(nn.Module):
             (``"per_length"``, the reference's, when ``faithful``); or any value the loss takes.
         length_scale: ``"mean"`` (each L_k as the loss defines it, the reference), ``"bits"`` (L_k times
             b_k / mean(b): the longer lengths get more say over the shared bits and the backbone) or
-            ``"sqrt_bits"`` (times sqrt(b_k) / mean(sqrt(b))).
+            ``"sqrt_bits"`` (times sqrt(b_k) / mean(sqrt(b))), ``"inv_bits"`` (times (1 / b_k) / mean(1 / b):
+            the short lengths get the say), or ``"backbone_bits"``: ``"bits"`` for the gradient
+            that reaches the backbone (the layer's input) only, the head's W and b training on the losses as
+            defined (the weights, distillation and the total's value are those of ``"mean"``; needs the
+            NestedCodes of NestedHashLayer; in feature mode, where nothing trains below the head, it is ``"mean"``).
         weight_rule: with ``adaptive``: None picks ``DEFAULT_WEIGHT_RULE`` (``"dominance"`` when ``faithful``);
             ``"dominance"`` (the paper's rule, reference.dominance_weights) or ``"bounded"``
             (nhl_fast.weight_rules: the worst conflict instead of the product, floored at ``weight_floor``,
-            smoothed over steps with ``weight_momentum``).
+            smoothed over steps with ``weight_momentum``) or ``"pcgrad"`` (gradient surgery, Yu et al. 2020:
+            each length's head-weight gradient projected off those it conflicts with, in a fixed order, then
+            summed; nhl_fast.weight_rules.pcgrad_weights).
         **loss_kwargs: passed to the registered loss (e.g. num_classes, num_train).
 
     ``u_list`` is what :class:`~nhl_fast.NestedHashLayer` returns (a :class:`NestedCodes`
@@ -213,7 +224,9 @@ class NHLObjective(nn.Module):
         self.length_scale = length_scale
         scale = torch.tensor(self.bit_list, dtype=torch.float64) ** LENGTH_SCALES[length_scale]
         self.register_buffer("_scale", scale / scale.mean() if length_scale != "mean" else None, persistent=False)
-        self.rule = BoundedWeights(beta, weight_floor, weight_momentum) if weight_rule == "bounded" else None
+        self._backbone_only = length_scale in BACKBONE_SCALES
+        self.rule = {"bounded": lambda: BoundedWeights(beta, weight_floor, weight_momentum),
+                     "pcgrad": PCGradWeights}.get(weight_rule, lambda: None)()
         self._batched_grad = True
         #: use the base loss's closed-form per-length gradients (``length_grads``, e.g. CSQ) when it
         #: has them; False forces the generic autograd path (any loss goes through it)
@@ -291,6 +304,31 @@ class NHLObjective(nn.Module):
             G = u.new_zeros((k,) + tuple(u.shape))
         return G.detach().transpose(0, 1).reshape(u.shape[0], -1).index_select(1, self._pack_index(u.device))
 
+    def _backbone_scaled(self, total: Tensor, codes, losses: Tensor, u: Tensor, grads: Optional[Tensor],
+                         weights: Tensor, acc) -> Tensor:
+        """length_scale="backbone_bits": total plus a value-neutral term whose gradient reaches the layer's input
+        only: sum_k w_k (s_k - 1) dL_k/du, through the relaxation and W (held constant), so the backbone gets
+        sum_k w_k s_k dL_k/du (the head's W and b keep sum_k w_k dL_k/du)."""
+        if codes is None or codes.weight is None or codes.input is None:
+            raise ValueError(f"length_scale={self.length_scale!r} needs the NestedCodes of NestedHashLayer (it "
+                             "routes a gradient to the layer's input)")
+        if not codes.input.requires_grad:  # feature mode: nothing below the head trains
+            return total
+        if grads is None:  # the autograd path without adaptive weights: the K gradients, one batched call
+            grads = self._loss_grads(losses, u).to(acc)
+        k = len(self.bit_list)
+        length = torch.repeat_interleave(torch.arange(k, device=u.device),
+                                         torch.tensor(self.bit_list, device=u.device))
+        col = self._pack_index(u.device) % self.bit_list[-1]  # u's column of each packed column
+        coef = (weights.to(acc) * (self._scale.to(device=u.device, dtype=acc) - 1))[length]
+        extra = u.new_zeros(u.shape, dtype=acc).index_add_(1, col, grads.to(acc) * coef)
+        deriv = relax_derivative(codes, acc)
+        if deriv is not None:
+            extra = extra * deriv
+        extra_x = (extra @ codes.weight.detach().to(acc)).to(codes.input.dtype)
+        surrogate = (codes.input * extra_x).sum()
+        return total + (surrogate - surrogate.detach()).to(total.dtype)
+
     def forward(self, u_list, labels: Optional[Tensor] = None, indices: Optional[Tensor] = None, *,
                 x: Optional[Tensor] = None, u_other=None, z: Optional[Tensor] = None,
                 z_other: Optional[Tensor] = None, x_other: Optional[Tensor] = None) -> Tensor:
@@ -324,18 +362,19 @@ class NHLObjective(nn.Module):
             inputs = inputs.detach().to(acc)
         u_acc = u.detach().to(acc)
         closed = training and self.closed_form and hasattr(self.base, "length_grads") and views is None
+        scale = None if self._backbone_only else self._scale
         if closed:  # no graph through the base loss: values and packed gradients in closed form
             losses, grads = self.base.length_grads(u_acc, self._labels(labels), indices)
             if losses.shape != (k,):
                 raise ValueError(f"base_loss returned shape {tuple(losses.shape)}, expected ({k},)")
-            if self._scale is not None:  # length_scale="bits": each length's values and gradients times s_k
-                s_k = self._scale.to(losses.dtype)
+            if scale is not None:  # length_scale="bits": each length's values and gradients times s_k
+                s_k = scale.to(losses.dtype)
                 losses = losses * s_k
                 grads = grads * torch.repeat_interleave(s_k, torch.tensor(self.bit_list, device=s_k.device))
         else:
             losses = self._base_losses(u, labels, indices, views)
-            if self._scale is not None:
-                losses = losses * self._scale.to(losses.dtype)
+            if scale is not None:
+                losses = losses * scale.to(losses.dtype)
             grads = self._loss_grads(losses, u).to(acc) if adaptive else None  # autograd over the loss graph
         deriv = relax_derivative(codes, acc) if adaptive and codes is not None else None
         use_distill = self.distill > 0 and k > 1
@@ -354,6 +393,8 @@ class NHLObjective(nn.Module):
             total = total.to(losses.dtype) + (final.to(losses.dtype) * losses).sum()
         if training and (closed or use_distill):
             total = _ClosedFormGrad.apply(total, u, grad_u)
+        if training and self._backbone_only:
+            total = self._backbone_scaled(total, codes, losses, u, grads, weights, acc)
         if self.faithful and adaptive:
             # quirk 2: the head keeps the last analysis pass's gradient dO_K/d(W, b) (D_K = 0)
             if codes is None or codes.weight is None:

@@ -151,15 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distill", type=float, default=0.1,
                    help="long-short cascade self-distillation weight, 0: off (default: %(default)s)")
     g.add_argument("--beta", type=float, default=1.0, help="adaptive-weight threshold scale (default: %(default)s)")
-    g.add_argument("--weight-rule", choices=("bounded", "dominance"), default=None,
-                   help="adaptive weight rule: bounded (worst conflict, floored, smoothed) or dominance (the "
-                        "paper's product rule) (default: bounded; dominance with --faithful)")
+    g.add_argument("--weight-rule", choices=("bounded", "dominance", "pcgrad"), default=None,
+                   help="adaptive weight rule: bounded (worst conflict, floored, smoothed), dominance (the "
+                        "paper's product rule) or pcgrad (conflicting per-length gradients projected off each "
+                        "other, PCGrad) (default: bounded; dominance with --faithful)")
     g.add_argument("--centers", choices=("joint", "nested", "per_length"), default=None,
                    help="centres of a centre loss (csq, dpn, mdsh, shcir): joint (every prefix separated at once), "
                         "nested (greedy), per_length (the reference's) (default: joint; per_length with --faithful)")
-    g.add_argument("--length-scale", choices=("mean", "sqrt_bits", "bits"), default="mean",
+    g.add_argument("--length-scale", choices=("mean", "sqrt_bits", "bits", "backbone_bits", "inv_bits"),
+                   default="mean",
                    help="per-length losses as defined (mean), or times b_k^p / mean(b^p) with p = 1/2 (sqrt_bits) "
-                        "or 1 (bits) (default: %(default)s)")
+                        "or 1 (bits) or -1 (inv_bits), or bits for the backbone's gradient only (backbone_bits) "
+                        "(default: %(default)s)")
     g.add_argument("--faithful", action="store_true", help="reproduce the reference implementation's step")
     _eval_args(p)
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (default: ~5 times per run)")

@@ -39,7 +39,7 @@ class TrainConfig:
     distill: float = 0.1
     beta: float = 1.0
     centers: Optional[str] = None           # centre losses (csq, dpn, mdsh, shcir): None = the objective's default
-    weight_rule: Optional[str] = None       # adaptive weights: None = the objective's default | bounded | dominance
+    weight_rule: Optional[str] = None       # adaptive weights: None = the default | bounded | dominance | pcgrad
     length_scale: str = "mean"              # per-length losses as defined (mean) or times b_k / mean(b) (bits)
     faithful: bool = False                  # reproduce the reference step's quirks (NHLObjective faithful=True)
     epochs: int = 20
