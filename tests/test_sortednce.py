@@ -199,7 +199,7 @@ def test_zero_latent_and_zero_weight():
 def test_loss_is_registered_with_the_published_defaults():
     loss = get_loss("sortednce", (8, 16, 32))
     assert (loss.m, loss.tau, loss.hard, loss.symmetric) == (2, 0.1, True, False)
-    assert loss.sort_tau == [0.05] * 3 and (loss.quant_weight, loss.projection) == (0.0, None)
+    assert loss.sort_tau == [0.02] * 3 and (loss.quant_weight, loss.projection) == (0.0, None)
     assert get_loss("SortedNCE", (8,), sort_tau=0.5).sort_tau == [0.5]
 
 
