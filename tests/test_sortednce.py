@@ -199,7 +199,7 @@ def test_zero_latent_and_zero_weight():
 def test_loss_is_registered_with_the_published_defaults():
     loss = get_loss("sortednce", (8, 16, 32))
     assert (loss.m, loss.tau, loss.hard, loss.symmetric) == (2, 0.1, True, False)
-    assert loss.sort_tau == [0.02] * 3 and (loss.quant_weight, loss.projection) == (0.0, None)
+    assert loss.sort_tau == [0.05] * 3 and (loss.quant_weight, loss.projection) == (0.0, None)
     assert get_loss("SortedNCE", (8,), sort_tau=0.5).sort_tau == [0.5]
 
 
@@ -353,9 +353,10 @@ def test_loss_adds_the_weighted_code_term_and_projects_the_latents():
     torch.testing.assert_close(got, plain(u, v, z=proj.projection(z), z_other=proj.projection(a)))
 
 
-@pytest.mark.parametrize("kw, match", [({"quant_weight": -1.0}, "quant_weight"), ({"quant_weight": "x"}, "quant_weight"),
-                                       ({"projection": -2}, "projection"), ({"projection": 1.5}, "projection"),
-                                       ({"sort_tau": 0}, "sort_tau"), ({"sort_tau": True}, "sort_tau")])
+@pytest.mark.parametrize("kw, match", [({"quant_weight": -1.0}, "quant_weight"),
+                                       ({"quant_weight": "x"}, "quant_weight"), ({"projection": -2}, "projection"),
+                                       ({"projection": 1.5}, "projection"), ({"sort_tau": 0}, "sort_tau"),
+                                       ({"sort_tau": True}, "sort_tau")])
 def test_bad_options_raise_naming_the_argument(kw, match):
     with pytest.raises(ValueError, match=match):
         get_loss("sortednce", (8,), **kw)
