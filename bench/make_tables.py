@@ -228,6 +228,19 @@ def cpu_distributed_projection() -> str:
                   "merge (measured alone)", "local compute (1M codes, here)"], out)
 
 
+def unsupervised_compare_extra(main: dict) -> list[dict]:
+    """The trained rows of a loss run on its own (bench_unsupervised_compare_<loss>.json, `--out`) that the main
+    file did not train (there: a `skipped` note); their baselines are the main file's."""
+    trained = {r["loss"] for r in main["rows"] if r["method"] in ("nested", "independent")}
+    out = []
+    for name in sorted(os.listdir(RESULTS)):
+        loss = name[len("bench_unsupervised_compare_"):-len(".json")]
+        if name.startswith("bench_unsupervised_compare_") and name.endswith(".json") and loss not in trained:
+            out += [r for r in load(name[:-len(".json")])["rows"]
+                    if r["method"] in ("nested", "independent") and r["loss"] == loss]
+    return out
+
+
 def unsupervised_compare() -> str:
     """mAP@all per length, mean ± std over seeds (count), and train time per seed, of bench_unsupervised_compare."""
     import statistics
@@ -235,7 +248,7 @@ def unsupervised_compare() -> str:
     d = load("bench_unsupervised_compare")
     bits = d["config"]["bits"]
     groups, times, raw = {}, {}, None
-    for r in d["rows"]:
+    for r in d["rows"] + unsupervised_compare_extra(d):
         if r["method"] == "raw_pixels":
             raw = r["map"]
         elif r["method"] != "skipped":

@@ -250,7 +250,7 @@ def test_zero_latent_and_zero_weight():
 def test_loss_is_registered_with_the_published_defaults():
     loss = get_loss("sortednce", (8, 16, 32))
     assert (loss.m, loss.tau, loss.hard, loss.symmetric) == (2, 0.1, True, False)
-    assert loss.sort_tau == [8.0, 16.0, 32.0]  # SoftSort(bit) of the NSH script
+    assert loss.sort_tau == [0.05] * 3 and (loss.quant_weight, loss.projection) == (0.0, None)
     assert get_loss("SortedNCE", (8,), sort_tau=0.5).sort_tau == [0.5]
 
 
@@ -309,3 +309,105 @@ def test_loss_trains_the_codes_toward_their_view():
         loss(u, v, z=z, z_other=a).sum().backward()
         opt.step()
     assert loss(u, v, z=z, z_other=a).sum() < first - 0.05
+
+
+# ------------------------------------------------------------------ NSH script: temperature, extra term, latent head
+
+
+def script_loss(b1, b2, z1, z2, m, tau, sort_tau):
+    """The NSH script's step (DimpleCrq/NSH train.py + utils.py), written out in float64 loops for one length:
+    s = <b1, b2> / (2 bit) + 0.5, SoftSort rows on s (descending, hard, temperature sort_tau), E = P z1,
+    cos(E_r, z2_i), and per positive the cross-entropy of [pos, negatives] / tau (without the script's extra
+    softmax before CrossEntropyLoss and its extra 1 / batch_size: see the SortedNCE docstring)."""
+    n, bit = b1.shape
+    total = 0.0
+    for i in range(n):
+        s = [(b1[i] * b2[j]).sum() / (2 * bit) + 0.5 for j in range(n)]
+        order = sorted(range(n), key=lambda j: (-s[j].item(), j))
+        cos = []
+        for r in range(n):
+            logits = torch.stack([-(s[order[r]] - s[j]).abs() / sort_tau for j in range(n)])
+            p = torch.softmax(logits, 0)
+            p = torch.nn.functional.one_hot(logits.argmax(), n).to(p) + p - p.detach()
+            e = sum(p[j] * z1[j] for j in range(n))
+            cos.append((e * z2[i]).sum() / (e.norm() * z2[i].norm()))
+        neg = [cos[r] / tau for r in range(m, n)]
+        total = total + sum(-torch.log_softmax(torch.stack([cos[r] / tau] + neg), 0)[0] for r in range(m)) / m
+    return total / n
+
+
+@pytest.mark.parametrize("sort_tau", [0.05, 0.7])
+def test_sort_tau_is_softsort_on_the_scripts_similarity(sort_tau):
+    """sort_tau is SoftSort's temperature on the script's similarity s = 1 - D in [0, 1] (|s_r - s_j| = |D_r - D_j|):
+    the loss equals the script's formulation at the same number, values and gradients."""
+    u, v, z, a = make(7, 4, 12, seed=31)
+    loss = get_loss("sortednce", (12,), sort_tau=sort_tau, backend="torch")
+    got, got_g = grads(lambda *t: loss(t[0], t[1], z=t[2], z_other=t[3])[0], (u, v, z, a), torch.ones(()))
+    want, want_g = grads(lambda *t: script_loss(*t, 2, 0.1, sort_tau), (u, v, z, a), torch.ones(()))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert_close(got_g, want_g, 1e-10, 1e-12)
+
+
+def test_default_temperature():
+    """The default is one temperature for every length on D (SORT_TAU, measured); "bits" keeps the script's
+    SoftSort(bit), which makes the rows ~uniform (|D_r - D_j| / b <= 1 / b)."""
+    from nhl_fast.losses.sortednce import SORT_TAU
+
+    assert get_loss("sortednce", (8, 16, 32)).sort_tau == [SORT_TAU] * 3
+    assert get_loss("sortednce", (8, 16, 32), sort_tau="bits").sort_tau == [8.0, 16.0, 32.0]
+
+
+def naive_code_term(u, v, bits):
+    """The script's ||b1 - P b1||^2 + ||b2 - P b2||^2 over 2B with hard rows (first index of a tie), by loops."""
+    n, out = u.shape[0], []
+    for b in bits:
+        total = 0.0
+        for i in range(n):
+            d = [((b - (u[i, :b] * v[j, :b]).sum()) / (2 * b)).item() for j in range(n)]
+            q = sorted(d)
+            for r in range(n):
+                j = min(k for k in range(n) if d[k] == q[r])
+                for x in (u, v):
+                    total = total + ((x[r, :b].detach() - x[j, :b]) ** 2).sum()
+        out.append(total / (2 * n))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("signs", [False, True])
+def test_sorted_code_term_equals_a_naive_loop(signs):
+    from nhl_fast.losses.sortednce import sorted_code_term
+
+    u, v, _, _ = make(9, 2, 10, seed=37, signs=signs)
+    if signs:
+        v[4] = v[2]  # ties
+    weights = torch.tensor([1.0, -0.4, 0.7], dtype=torch.float64)
+    want, want_g = grads(lambda *t: naive_code_term(*t, [3, 6, 10]), (u, v), weights)
+    got, got_g = grads(lambda *t: sorted_code_term(*t, [3, 6, 10]), (u, v), weights)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert_close(got_g, want_g, 1e-12, 1e-12)
+
+
+def test_loss_adds_the_weighted_code_term_and_projects_the_latents():
+    from nhl_fast.losses.sortednce import sorted_code_term
+
+    u, v, z, a = make(8, 5, 16, seed=41)
+    plain = get_loss("sortednce", (8, 16), sort_tau=0.1, backend="torch")
+    loss = get_loss("sortednce", (8, 16), sort_tau=0.1, quant_weight=0.5, backend="torch")
+    torch.testing.assert_close(loss(u, v, z=z, z_other=a), plain(u, v, z=z, z_other=a)
+                               + 0.5 * sorted_code_term(u, v, [8, 16]))
+    sym = get_loss("sortednce", (8, 16), sort_tau=0.1, quant_weight=0.5, symmetric=True, backend="torch")
+    torch.testing.assert_close(sym(u, v, z=z, z_other=a), (loss(u, v, z=z, z_other=a) + loss(v, u, z=a, z_other=z)) / 2)
+    torch.manual_seed(0)
+    proj = get_loss("sortednce", (8, 16), sort_tau=0.1, projection=6, backend="torch").double()
+    got = proj(u, v, z=z, z_other=a)
+    assert sum(p.numel() for p in proj.parameters()) == 5 * 6 + 6 + 6 * 6 + 6 + 2 * 6
+    torch.testing.assert_close(got, plain(u, v, z=proj.projection(z), z_other=proj.projection(a)))
+
+
+@pytest.mark.parametrize("kw, match", [({"quant_weight": -1.0}, "quant_weight"),
+                                       ({"quant_weight": "x"}, "quant_weight"), ({"projection": -2}, "projection"),
+                                       ({"projection": 1.5}, "projection"), ({"sort_tau": 0}, "sort_tau"),
+                                       ({"sort_tau": True}, "sort_tau")])
+def test_bad_options_raise_naming_the_argument(kw, match):
+    with pytest.raises(ValueError, match=match):
+        get_loss("sortednce", (8,), **kw)
