@@ -177,22 +177,27 @@ inline std::vector<int64_t> check_codes(const char* op, const at::Tensor& u, at:
 
 // ------------------------------------------------------------------ unsupervised: sorted_nce, sorted_nce_backward
 
-// u, v (B, b_max) relaxed codes of one shape (bits ending at b_max), z, z_anchor (B, d) latents, all one float
-// dtype; B >= 2, m positives in [1, B - 1], tau > 0, one SoftSort temperature > 0 per length.
+// u (B, b_max) anchors' and v (N, b_max) candidates' relaxed codes (bits ending at b_max), z (N, d) candidates'
+// and z_anchor (B, d) anchors' latents, all one float dtype; B >= 1, N >= 2, m positives in [1, N - 1], tau > 0,
+// one SoftSort temperature > 0 per length.
 inline void check_sorted_nce(const char* op, const at::Tensor& u, const at::Tensor& v, const at::Tensor& z,
                              const at::Tensor& z_anchor, at::IntArrayRef bits, int64_t m, double tau,
                              at::ArrayRef<double> sort_tau) {
   check_codes(op, u, bits);
   check_same_dtype(op, "v", v, "u", u);
-  check_shape(op, "v", v, u.sizes());
-  check_dim(op, "z", z, 2, "(B, d)");
+  TORCH_CHECK_VALUE(v.dim() == 2 && v.size(1) == u.size(1), op, ": v must be (N, b_max) with b_max = ", u.size(1),
+                    " (u's width), got ", v.sizes());
+  check_dim(op, "z", z, 2, "(N, d)");
   check_same_dtype(op, "z", z, "u", u);
-  TORCH_CHECK_VALUE(z.size(0) == u.size(0) && z.size(1) >= 1, op, ": z must be (B, d) with B = ", u.size(0),
-                    " (u's rows) and d >= 1, got ", z.sizes());
+  TORCH_CHECK_VALUE(z.size(0) == v.size(0) && z.size(1) >= 1, op, ": z must be (N, d) with N = ", v.size(0),
+                    " (v's rows) and d >= 1, got ", z.sizes());
   check_same_dtype(op, "z_anchor", z_anchor, "u", u);
-  check_shape(op, "z_anchor", z_anchor, z.sizes());
-  TORCH_CHECK_VALUE(u.size(0) >= 2, op, ": needs a batch of B >= 2 samples, got B = ", u.size(0));
-  TORCH_CHECK_VALUE(m >= 1 && m < u.size(0), op, ": m=", m, " positives must be in [1, B - 1] = [1, ", u.size(0) - 1,
+  TORCH_CHECK_VALUE(z_anchor.dim() == 2 && z_anchor.size(0) == u.size(0) && z_anchor.size(1) == z.size(1), op,
+                    ": z_anchor must be (B, d) = (", u.size(0), ", ", z.size(1), ") (u's rows, z's width), got ",
+                    z_anchor.sizes());
+  TORCH_CHECK_VALUE(u.size(0) >= 1, op, ": needs B >= 1 anchors, got B = ", u.size(0));
+  TORCH_CHECK_VALUE(v.size(0) >= 2, op, ": needs N >= 2 candidates, got N = ", v.size(0));
+  TORCH_CHECK_VALUE(m >= 1 && m < v.size(0), op, ": m=", m, " positives must be in [1, N - 1] = [1, ", v.size(0) - 1,
                     "]");
   TORCH_CHECK_VALUE(tau > 0 && tau < INFINITY, op, ": tau=", tau, " must be a finite number > 0");
   TORCH_CHECK_VALUE(sort_tau.size() == bits.size(), op, ": sort_tau must have one value per length (",

@@ -1,16 +1,17 @@
 """Triton sorted_nce: SortedNCE of every code length through a fused SoftSort (spec: reference.sorted_nce).
 
 The same algorithm as the C++ kernel (csrc/kernels/sorted_nce.h): in each anchor's sorted order (torch's stable
-sort of the (K, B, B) distances, q_r = D_i,pi(r)) the SoftSort weights w_rs = exp(-|q_r - q_s| / tau_s) factor
-into two linear recurrences with factors f_r = exp(-(q_r - q_{r-1}) / tau_s) <= 1,
+sort of the (K, B, N) distances of B anchors to N candidates, q_r = D_i,pi(r)) the SoftSort weights
+w_rs = exp(-|q_r - q_s| / tau_s) factor into two linear recurrences with factors
+f_r = exp(-(q_r - q_{r-1}) / tau_s) <= 1,
   F_r = f_r F_{r-1} + x_r (s <= r),   K_r = f_{r+1} (K_{r+1} + x_{r+1}) (s > r),   (W x)_r = F_r + K_r,
-so the soft sorted latent e~_r = (W z_pi)_r / Z_r (Z = W 1) costs O(B d) per anchor: no (B, B, B) permutation
-and no (B, B, d) sorted latents. One program walks its anchors' ranks with d-wide running sums; the K_r rows
-of the anchor in hand sit in the program's own (B, d) scratch slot (programs are capped so that the slots stay
+so the soft sorted latent e~_r = (W z_pi)_r / Z_r (Z = W 1) costs O(N d) per anchor: no (B, N, N) permutation
+and no (B, N, d) sorted latents. One program walks its anchors' ranks with d-wide running sums; the K_r rows
+of the anchor in hand sit in the program's own (N, d) scratch slot (programs are capped so that the slots stay
 within SCRATCH elements). Per rank it writes <a_i, e~_r>, <h_r, e~_r> (h_r = e~_r soft, z_j*(r) hard) and, for
 the backward, the strict parts <a_i | h_r, Ca_r - Ab_r> (q_s > q_r minus q_s < q_r). The hard forward reads
 <a_i, z_j*> and |z_j*|^2 (a z^T and the norms, torch). The loss over ranks (a logsumexp per anchor) is a few
-elementwise torch ops on the (K, B, B) rank logits. The backward (kernels/sorted_nce_backward.py) recomputes.
+elementwise torch ops on the (K, B, N) rank logits. The backward (kernels/sorted_nce_backward.py) recomputes.
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ SCRATCH = 1 << 24  # elements of (B, d) scratch slots over all programs
 @triton.jit
 def _soft_latents(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, buf_ptr, row, i, B, d, HARD: tl.constexpr,
                   STATS: tl.constexpr, BLOCK_D: tl.constexpr, ea_ptr, eh_ptr, sl_ptr, sh_ptr, zs_ptr):
-    """Anchor row `row` (= k B + i): e~_r into the slot buf (B, d); with STATS the per-rank scalars (see above),
-    and Z_r into zs."""
+    """Anchor row `row` (= k n_anchors + i) of B (= the op's N) candidates: e~_r into the slot buf (B, d); with
+    STATS the per-rank scalars (see above), and Z_r into zs."""
     offs = tl.arange(0, BLOCK_D)
     md = offs < d
     base = row * B
@@ -85,13 +86,14 @@ def _soft_latents(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, buf_ptr
 
 @triton.jit
 def _sorted_nce_rows_kernel(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, buf_ptr, ea_ptr, eh_ptr, sl_ptr,
-                            sh_ptr, zs_ptr, B, d, n_rows, HARD: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Programs stride over the (length, anchor) rows; each owns one (B, d) scratch slot."""
+                            sh_ptr, zs_ptr, A, B, d, n_rows, HARD: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Programs stride over the (length, anchor) rows (A anchors, B candidates); each owns one (B, d) scratch
+    slot."""
     pid = tl.program_id(0)
     slot = buf_ptr + (pid + tl.zeros([], tl.int64)) * B * d
     for row_ in range(pid, n_rows, tl.num_programs(0)):
         row = row_ + tl.zeros([], tl.int64)
-        i = row % B
+        i = row % A
         _soft_latents(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, slot, row, i, B, d, HARD,
                       True, BLOCK_D, ea_ptr, eh_ptr, sl_ptr, sh_ptr, zs_ptr)
 
@@ -102,18 +104,18 @@ def check_args(op: str, u, v, z, z_anchor, bits, m, tau, sort_tau) -> tuple:
     from nhl_fast import _checks
 
     bits = _checks.sorted_nce_args(u, v, z, z_anchor, bits, m, tau, sort_tau, op)
-    if u.shape[0] > MAX_BATCH:
-        raise ValueError(f"{op}: the Triton kernel takes batches of B <= {MAX_BATCH}, got B = {u.shape[0]}; "
-                         f"use backend='cpp' on CPU tensors")
+    if max(u.shape[0], v.shape[0]) > MAX_BATCH:
+        raise ValueError(f"{op}: the Triton kernel takes B, N <= {MAX_BATCH} anchors and candidates, got B = "
+                         f"{u.shape[0]}, N = {v.shape[0]}; use backend='cpp' on CPU tensors")
     return bits
 
 
 def prepare(op: str, u, v, z, z_anchor, bits: Sequence[int], sort_tau: Sequence[float]) -> dict:
     """D_k from one running prefix Gram, each row's stable sort (order, q), the recurrence factors f, the hard
     picks j*(r) (first candidate of r's tie group), the last rank of r's tie group, a z^T, |z_j|^2 and |a_i|."""
-    batch = u.shape[0]
-    dist = torch.empty((len(bits), batch, batch), dtype=u.dtype, device=u.device)
-    gram = torch.zeros((batch, batch), dtype=u.dtype, device=u.device)
+    batch, n_cand = u.shape[0], v.shape[0]
+    dist = torch.empty((len(bits), batch, n_cand), dtype=u.dtype, device=u.device)
+    gram = torch.zeros((batch, n_cand), dtype=u.dtype, device=u.device)
     lo = 0
     for k, b in enumerate(bits):
         gram = torch.addmm(gram, u[:, lo:b], v[:, lo:b].T)
@@ -125,13 +127,13 @@ def prepare(op: str, u, v, z, z_anchor, bits: Sequence[int], sort_tau: Sequence[
     inv_ts = torch.tensor([1.0 / t for t in sort_tau], dtype=u.dtype, device=u.device)
     f = torch.zeros_like(q)
     f[..., 1:] = torch.exp(-(q[..., 1:] - q[..., :-1]) * inv_ts[:, None, None])  # exactly 1 on a tie
-    ranks = torch.arange(batch, device=u.device).expand_as(order)
+    ranks = torch.arange(n_cand, device=u.device).expand_as(order)
     start = torch.ones_like(q, dtype=torch.bool)
     start[..., 1:] = q[..., 1:] != q[..., :-1]
     first = torch.where(start, ranks, 0).cummax(-1).values
     end = torch.ones_like(start)
     end[..., :-1] = start[..., 1:]
-    last = torch.where(end, ranks, batch).flip(-1).cummin(-1).values.flip(-1)
+    last = torch.where(end, ranks, n_cand).flip(-1).cummin(-1).values.flip(-1)
     z, z_anchor = z.contiguous(), z_anchor.contiguous()
     return {"dist": dist, "q": q.contiguous(), "order": order.contiguous(), "f": f, "inv_ts": inv_ts,
             "jstar": order.gather(-1, first).contiguous(), "last": last.contiguous(), "z": z, "a": z_anchor,
@@ -139,21 +141,22 @@ def prepare(op: str, u, v, z, z_anchor, bits: Sequence[int], sort_tau: Sequence[
 
 
 def programs(p: dict) -> int:
-    n_rows, batch, d = p["q"].shape[0] * p["q"].shape[1], p["q"].shape[1], p["z"].shape[1]
-    return max(1, min(n_rows, SCRATCH // (batch * d)))
+    n_rows, n_cand, d = p["q"].shape[0] * p["q"].shape[1], p["q"].shape[2], p["z"].shape[1]
+    return max(1, min(n_rows, SCRATCH // (n_cand * d)))
 
 
 def rank_terms(p: dict, hard: bool) -> dict:
-    """Per (length, anchor, rank), each (K, B, B): <a_i, e~_r> (ea), <h_r, e~_r> (eh), the strict parts sl, sh,
+    """Per (length, anchor, rank), each (K, B, N): <a_i, e~_r> (ea), <h_r, e~_r> (eh), the strict parts sl, sh,
     and Z_r (zs)."""
     z = p["z"]
-    batch, d = z.shape
+    n_cand, d = z.shape
+    batch = p["q"].shape[1]
     n_rows = p["q"].shape[0] * batch
     out = {name: torch.empty_like(p["q"]) for name in ("ea", "eh", "sl", "sh", "zs")}
     grid = programs(p)
-    buf = torch.empty((grid, batch, d), dtype=z.dtype, device=z.device)
+    buf = torch.empty((grid, n_cand, d), dtype=z.dtype, device=z.device)
     _sorted_nce_rows_kernel[(grid,)](z, p["a"], p["order"], p["q"], p["f"], p["last"], p["jstar"], buf, out["ea"],
-                                     out["eh"], out["sl"], out["sh"], out["zs"], batch, d, n_rows, HARD=hard,
+                                     out["eh"], out["sl"], out["sh"], out["zs"], batch, n_cand, d, n_rows, HARD=hard,
                                      BLOCK_D=triton.next_power_of_2(d))
     return out
 

@@ -1,7 +1,7 @@
 """Triton sorted_nce_backward: (du, dv, dz, dz_anchor) of sorted_nce (spec: reference.sorted_nce_backward).
 
 Recomputes the forward's rank terms (kernels/sorted_nce.py: the recurrences), then, with G_r = dL/dc_r from the
-closed form of the loss over ranks (torch, elementwise on (K, B, B)), h_r the forward latent:
+closed form of the loss over ranks (torch, elementwise on (K, B, N): B anchors, N candidates), h_r the forward latent:
   alpha_r = G_r / (|h_r| |a_i|), beta_r = -G_r c_r / |h_r|^2, delta_i = -sum_r G_r c_r / |a_i|^2,
   y_r = (alpha_r a_i + beta_r h_r) / Z_r, gamma_r = <y_r, e~_r>   (dL/dw_rs = <y_r, z_s - e~_r>; straight-through
   in the hard variant: the soft rows take the hard rows' gradient)
@@ -39,7 +39,7 @@ def _latent_of(z_ptr, js_ptr, slot, base, r, offs, md, d, HARD: tl.constexpr):
 
 @triton.jit
 def _sorted_nce_back_kernel(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, mt_ptr, buf_ptr, zs_ptr, xa_ptr,
-                            xb_ptr, gam_ptr, part_ptr, inv_ts_ptr, dd_ptr, c_ptr, dz_ptr, B, d, n_rows,
+                            xb_ptr, gam_ptr, part_ptr, inv_ts_ptr, dd_ptr, c_ptr, dz_ptr, A, B, d, n_rows,
                             HARD: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     slot = buf_ptr + (pid + tl.zeros([], tl.int64)) * B * d
@@ -47,9 +47,9 @@ def _sorted_nce_back_kernel(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_pt
     md = offs < d
     for row_ in range(pid, n_rows, tl.num_programs(0)):
         row = row_ + tl.zeros([], tl.int64)
-        i = row % B
+        i = row % A  # A anchors, B (= the op's N) candidates
         base = row * B
-        inv_ts = tl.load(inv_ts_ptr + row // B)
+        inv_ts = tl.load(inv_ts_ptr + row // A)
         if not HARD:  # e~_r back into the slot (the scalars were kept from the first pass)
             _soft_latents(z_ptr, a_ptr, ord_ptr, q_ptr, f_ptr, last_ptr, js_ptr, slot, row, i, B, d, HARD, False,
                           BLOCK_D, zs_ptr, zs_ptr, zs_ptr, zs_ptr, zs_ptr)
@@ -121,7 +121,7 @@ def sorted_nce_backward_triton(grad: torch.Tensor, u: torch.Tensor, v: torch.Ten
     op = "sorted_nce_backward"
     bits = check_args(op, u, v, z, z_anchor, bits, m, tau, sort_tau)
     _checks.shaped(grad, "grad", (len(bits),), u.dtype, op, like="u")
-    n_len, batch, d = len(bits), u.shape[0], z.shape[1]
+    n_len, batch, n_cand, d = len(bits), u.shape[0], v.shape[0], z.shape[1]
     p = prepare(op, u, v, z, z_anchor, bits, sort_tau)
     t = rank_terms(p, hard)
     x, norm = rank_logits(p, t, tau, hard)
@@ -144,18 +144,18 @@ def sorted_nce_backward_triton(grad: torch.Tensor, u: torch.Tensor, v: torch.Ten
     cmat = torch.empty_like(p["dist"]) if not hard else ddist  # unused by the hard kernel
     dz = torch.zeros_like(p["z"])
     grid = programs(p)
-    buf = torch.empty((grid, batch, d), dtype=u.dtype, device=u.device)
+    buf = torch.empty((grid, n_cand, d), dtype=u.dtype, device=u.device)
     _sorted_nce_back_kernel[(grid,)](p["z"], p["a"], p["order"], p["q"], p["f"], p["last"], p["jstar"], p["mt"], buf,
                                      zs, (alpha / zs).contiguous(), (beta / zs).contiguous(), gam.contiguous(), part,
-                                     p["inv_ts"], ddist, cmat, dz, batch, d, n_len * batch, HARD=hard,
+                                     p["inv_ts"], ddist, cmat, dz, batch, n_cand, d, n_len * batch, HARD=hard,
                                      BLOCK_D=triton.next_power_of_2(d))
     z, z_anchor = p["z"], p["a"]
     if hard:  # C[i, j*] += alpha, dz[j*] += beta z_j*
         jstar = p["jstar"]
         cols = jstar.permute(1, 0, 2).reshape(batch, -1)
-        coef = torch.zeros((batch, batch), dtype=u.dtype, device=u.device)
+        coef = torch.zeros((batch, n_cand), dtype=u.dtype, device=u.device)
         coef.scatter_add_(1, cols, alpha.permute(1, 0, 2).reshape(batch, -1))
-        hdiag = torch.zeros(batch, dtype=u.dtype, device=u.device).scatter_add_(0, jstar.flatten(), beta.flatten())
+        hdiag = torch.zeros(n_cand, dtype=u.dtype, device=u.device).scatter_add_(0, jstar.flatten(), beta.flatten())
         dz += hdiag[:, None] * z
     else:
         coef = cmat.sum(0)
@@ -163,7 +163,7 @@ def sorted_nce_backward_triton(grad: torch.Tensor, u: torch.Tensor, v: torch.Ten
     da = coef @ z + delta[:, None] * z_anchor
     # D_k = (b_k - u v^T) / (2 b_k): column block k of du takes W_k = sum_{k' >= k} -dD_k' / (2 b_k')
     du, dv = torch.empty_like(u), torch.empty_like(v)
-    w = torch.zeros((batch, batch), dtype=u.dtype, device=u.device)
+    w = torch.zeros((batch, n_cand), dtype=u.dtype, device=u.device)
     for k in range(n_len - 1, -1, -1):
         w = w + ddist[k] * (-0.5 / bits[k])
         lo = bits[k - 1] if k else 0

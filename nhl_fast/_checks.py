@@ -282,25 +282,28 @@ def relaxed_codes(u: torch.Tensor, bits, op: str) -> tuple[int, ...]:
 
 def sorted_nce_args(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, z_anchor: torch.Tensor, bits, m, tau,
                     sort_tau, op: str) -> tuple[int, ...]:
-    """The sorted_nce ops' arguments (csrc/checks.h check_sorted_nce): u, v (B, b_max) codes of one shape, z and
-    z_anchor (B, d) latents, one float dtype; B >= 2, m in [1, B - 1], tau > 0, one sort_tau > 0 per length."""
+    """The sorted_nce ops' arguments (csrc/checks.h check_sorted_nce): anchors' codes u (B, b_max), candidates'
+    codes v (N, b_max), candidates' latents z (N, d), anchors' latents z_anchor (B, d), one float dtype;
+    B >= 1, N >= 2, m in [1, N - 1], tau > 0, one sort_tau > 0 per length."""
     bits = relaxed_codes(u, bits, op)
     dtype(v, "v", u.dtype, op, like="u")
-    ensure(v.dim() == 2 and v.shape == u.shape, ValueError,
-           lambda: f"{op}: v must have shape {tuple(u.shape)} (u's), got {tuple(v.shape)}")
+    ensure((v.dim() == 2) and (v.shape[1] == u.shape[1]), ValueError,
+           lambda: f"{op}: v must be (N, b_max) with b_max = {u.shape[1]} (u's width), got {tuple(v.shape)}")
     if z.dim() != 2:
-        raise ValueError(f"{op}: z must be 2-D (B, d), got shape {tuple(z.shape)}")
+        raise ValueError(f"{op}: z must be 2-D (N, d), got shape {tuple(z.shape)}")
     dtype(z, "z", u.dtype, op, like="u")
-    ensure((z.shape[0] == u.shape[0]) & (z.shape[1] >= 1), ValueError,
-           lambda: f"{op}: z must be (B, d) with B = {u.shape[0]} (u's rows) and d >= 1, got {tuple(z.shape)}")
+    ensure((z.shape[0] == v.shape[0]) & (z.shape[1] >= 1), ValueError,
+           lambda: f"{op}: z must be (N, d) with N = {v.shape[0]} (v's rows) and d >= 1, got {tuple(z.shape)}")
     dtype(z_anchor, "z_anchor", u.dtype, op, like="u")
-    ensure(z_anchor.dim() == 2 and z_anchor.shape == z.shape, ValueError,
-           lambda: f"{op}: z_anchor must have shape {tuple(z.shape)} (z's), got {tuple(z_anchor.shape)}")
-    ensure(u.shape[0] >= 2, ValueError, lambda: f"{op}: needs a batch of B >= 2 samples, got B = {u.shape[0]}")
+    ensure((z_anchor.dim() == 2) and (z_anchor.shape[0] == u.shape[0]) and (z_anchor.shape[1] == z.shape[1]),
+           ValueError, lambda: f"{op}: z_anchor must be (B, d) = ({u.shape[0]}, {z.shape[1]}) (u's rows, z's width), "
+                               f"got {tuple(z_anchor.shape)}")
+    ensure(u.shape[0] >= 1, ValueError, lambda: f"{op}: needs B >= 1 anchors, got B = {u.shape[0]}")
+    ensure(v.shape[0] >= 2, ValueError, lambda: f"{op}: needs N >= 2 candidates, got N = {v.shape[0]}")
     if not _is_int(m):
         raise TypeError(f"{op}: m must be an int, got {type(m).__name__}")
-    ensure((m >= 1) & (m < u.shape[0]), ValueError,
-           lambda: f"{op}: m={m} positives must be in [1, B - 1] = [1, {u.shape[0] - 1}]")
+    ensure((m >= 1) & (m < v.shape[0]), ValueError,
+           lambda: f"{op}: m={m} positives must be in [1, N - 1] = [1, {v.shape[0] - 1}]")
     if not (tau > 0 and math.isfinite(tau)):
         raise ValueError(f"{op}: tau={tau} must be a finite number > 0")
     if len(sort_tau) != len(bits):

@@ -375,9 +375,11 @@ def csq_grads(u: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor, tie:
 
 def sorted_nce(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, z_anchor: torch.Tensor, bits: Sequence[int],
                m: int, tau: float, sort_tau: Sequence[float], hard: bool) -> torch.Tensor:
-    """(K,) SortedNCE of every code length, with the (B, B, B) soft permutations and the (B, B, d) sorted
+    """(K,) SortedNCE of every code length, with the (B, N, N) soft permutations and the (B, N, d) sorted
     latents materialised (the form the fused kernels are tested against; NSH, Yu et al. IJCAI 2022).
 
+    B >= 1 anchors: codes u (B, b_max), latents z_anchor (B, d); N >= 2 candidates: codes v (N, b_max), latents
+    z (N, d) (N = B in the plain loss; more with a code memory); m in [1, N - 1].
     Per length k (b = bits[k], tau_s = sort_tau[k]) and anchor i:
       D_ij = (b - <u_i, v_j>_b) / (2b)                  relaxed Hamming distance of the first b columns, in [0, 1]
       q = sort(D_i) ascending (stable), logits L_rj = -|q_r - D_ij| / tau_s, Pt_r = softmax_j(L_r)   (SoftSort)
@@ -389,14 +391,14 @@ def sorted_nce(u: torch.Tensor, v: torch.Tensor, z: torch.Tensor, z_anchor: torc
     eps = 1e-8
     out = []
     for b, ts in zip(bits, sort_tau):
-        dist = (b - u[:, :b] @ v[:, :b].T) / (2 * b)                      # (B, B)
-        q = torch.sort(dist, dim=1, stable=True).values                    # (B, B) ascending
-        logits = -(q.unsqueeze(2) - dist.unsqueeze(1)).abs() / ts          # (B, B_rank, B_cand)
+        dist = (b - u[:, :b] @ v[:, :b].T) / (2 * b)                      # (B, N)
+        q = torch.sort(dist, dim=1, stable=True).values                    # (B, N) ascending
+        logits = -(q.unsqueeze(2) - dist.unsqueeze(1)).abs() / ts          # (B, N_rank, N_cand)
         p = logits.softmax(-1)
         if hard:
             one = torch.zeros_like(p).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
             p = one + p - p.detach()
-        e = torch.einsum("irj,jd->ird", p, z)                              # (B, B, d) sorted latents
+        e = torch.einsum("irj,jd->ird", p, z)                              # (B, N, d) sorted latents
         ne = torch.linalg.vector_norm(e, dim=2).clamp_min(eps)
         na = torch.linalg.vector_norm(z_anchor, dim=1).clamp_min(eps)
         c = torch.einsum("ird,id->ir", e, z_anchor) / (ne * na[:, None]) / tau

@@ -188,6 +188,27 @@ def test_memory_ring_order_and_wrap():
         CodeMemory(0, 3)
 
 
+def test_memory_latents_follow_the_codes_ring():
+    m = CodeMemory(4, 2)
+    assert m.latents is None
+    codes = torch.arange(12, dtype=torch.float32).view(6, 2)
+    lat = torch.arange(18, dtype=torch.float64).view(6, 3) + 0.5
+    m.push(codes[:3], lat[:3])
+    assert m.latents.shape == (4, 3) and m.latents.dtype == torch.float64  # created at the first push
+    assert torch.equal(m.stored_latents(), lat[:3])
+    m.push(codes[3:], lat[3:])  # wraps: rows 4, 5 overwrite slots 0, 1
+    assert torch.equal(m.codes, torch.cat([codes[4:], codes[2:4]]))
+    assert torch.equal(m.latents, torch.cat([lat[4:], lat[2:4]]))
+    with pytest.raises(ValueError, match="latents must be"):
+        m.push(codes[:2], lat[:1])
+    with pytest.raises(ValueError, match="d = 3"):
+        m.push(codes[:2], torch.ones(2, 5))
+    with pytest.raises(ValueError, match="with every push or with none"):
+        m.push(codes[:2])
+    with pytest.raises(ValueError, match="holds no latents"):
+        CodeMemory(3, 2).stored_latents()
+
+
 def test_memory_warmup_and_state_dict():
     m = CodeMemory(4, 2, warmup_epochs=2)
     m.push(torch.ones(3, 2))

@@ -21,34 +21,36 @@ def op(name):
     return getattr(torch.ops.nhl_fast, name)
 
 
-def make(batch, d, b_max, seed=0, dtype=torch.float64, signs=False):
+def make(batch, d, b_max, seed=0, dtype=torch.float64, signs=False, n=None):
+    """u (B, b_max), a (B, d) anchors; v (N, b_max), z (N, d) candidates (N = B unless n is given)."""
+    n = batch if n is None else n
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(batch, b_max, generator=g, dtype=dtype)
-    v = torch.randn(batch, b_max, generator=g, dtype=dtype)
+    v = torch.randn(n, b_max, generator=g, dtype=dtype)
     u, v = (u.sign(), v.sign()) if signs else (u.tanh(), v.tanh())
-    z = torch.randn(batch, d, generator=g, dtype=dtype)
+    z = torch.randn(n, d, generator=g, dtype=dtype)
     a = torch.randn(batch, d, generator=g, dtype=dtype)
     return u, v, z, a
 
 
 def naive(u, v, z, a, bits, m, tau, sort_tau, hard):
     """SortedNCE by explicit loops over lengths, anchors, ranks and candidates (autograd through scalars)."""
-    eps, batch, out = 1e-8, u.shape[0], []
+    eps, batch, n, out = 1e-8, u.shape[0], v.shape[0], []
     for b, ts in zip(bits, sort_tau):
         total = 0.0
         for i in range(batch):
-            d = [(b - (u[i, :b] * v[j, :b]).sum()) / (2 * b) for j in range(batch)]
-            order = sorted(range(batch), key=lambda j: (d[j].item(), j))
+            d = [(b - (u[i, :b] * v[j, :b]).sum()) / (2 * b) for j in range(n)]
+            order = sorted(range(n), key=lambda j: (d[j].item(), j))
             cos = []
-            for r in range(batch):
+            for r in range(n):
                 q = d[order[r]]
-                p = torch.softmax(torch.stack([-(q - d[j]).abs() / ts for j in range(batch)]), 0)
+                p = torch.softmax(torch.stack([-(q - d[j]).abs() / ts for j in range(n)]), 0)
                 if hard:
-                    first = min(j for j in range(batch) if d[j].item() == q.item())
-                    p = torch.nn.functional.one_hot(torch.tensor(first), batch).to(p) + p - p.detach()
-                e = sum(p[j] * z[j] for j in range(batch))
+                    first = min(j for j in range(n) if d[j].item() == q.item())
+                    p = torch.nn.functional.one_hot(torch.tensor(first), n).to(p) + p - p.detach()
+                e = sum(p[j] * z[j] for j in range(n))
                 cos.append((e * a[i]).sum() / (e.norm().clamp_min(eps) * a[i].norm().clamp_min(eps)))
-            negatives = sum(torch.exp(cos[r] / tau) for r in range(m, batch))
+            negatives = sum(torch.exp(cos[r] / tau) for r in range(m, n))
             total = total + sum(-torch.log(torch.exp(cos[r] / tau) / (torch.exp(cos[r] / tau) + negatives))
                                 for r in range(m)) / m
         out.append(total / batch)
@@ -67,8 +69,9 @@ def assert_close(got, want, rtol, atol):
 
 
 @pytest.mark.parametrize("hard", [False, True])
-def test_reference_equals_a_naive_loop(hard):
-    u, v, z, a = make(5, 3, 13, seed=1)
+@pytest.mark.parametrize("n", [5, 8, 3])
+def test_reference_equals_a_naive_loop(hard, n):
+    u, v, z, a = make(5, 3, 13, seed=1, n=n)
     args = ([5, 13], 2, 0.2, [0.1, 0.4], hard)
     weights = torch.tensor([1.0, -0.5], dtype=torch.float64)
     want, want_g = grads(lambda *t: naive(*t, *args), (u, v, z, a), weights)
@@ -94,6 +97,26 @@ def test_kernel_equals_the_materialised_reference(name, hard, batch, d, bits, m)
     got, got_g = grads(lambda *t: op(name)(*t, *args), (u, v, z, a), weights)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert_close(got_g, want_g, 1e-9, 1e-12)
+    direct = op(name.replace("sorted_nce", "sorted_nce_backward"))(weights, u, v, z, a, *args)
+    assert_close(direct, reference.sorted_nce_backward(weights, u, v, z, a, *args), 1e-9, 1e-12)
+
+
+# (batch, n, d, bits, m): N candidates > B anchors (a code memory's extra rows), N < B, one anchor, N = 2
+CANDIDATES = [(3, 8, 4, [5, 13], 2), (7, 4, 3, [6, 70], 3), (1, 6, 5, [8], 1), (5, 2, 3, [4, 9], 1)]
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("batch, n, d, bits, m", CANDIDATES)
+def test_kernel_with_more_or_fewer_candidates_than_anchors(name, hard, batch, n, d, bits, m):
+    u, v, z, a = make(batch, d, bits[-1], seed=batch + 3 * n, n=n)
+    args = (bits, m, 0.3, [0.1 * (k + 1) for k in range(len(bits))], hard)
+    weights = torch.linspace(1.0, 0.4, len(bits), dtype=torch.float64)
+    want, want_g = grads(lambda *t: reference.sorted_nce(*t, *args), (u, v, z, a), weights)
+    got, got_g = grads(lambda *t: op(name)(*t, *args), (u, v, z, a), weights)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert_close(got_g, want_g, 1e-9, 1e-12)
+    assert [g.shape for g in got_g] == [u.shape, v.shape, z.shape, a.shape]
     direct = op(name.replace("sorted_nce", "sorted_nce_backward"))(weights, u, v, z, a, *args)
     assert_close(direct, reference.sorted_nce_backward(weights, u, v, z, a, *args), 1e-9, 1e-12)
 
@@ -204,9 +227,18 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(hard, [z, a])
 
 
+@needs_ext
+@pytest.mark.parametrize("batch, n", [(3, 7), (6, 4)])
+def test_gradcheck_more_or_fewer_candidates(batch, n):
+    u, v, z, a = make(batch, 4, 10, seed=41 + n, n=n)
+    soft = lambda *t: torch.ops.nhl_fast.sorted_nce(*t, [4, 10], 2, 0.3, [0.2, 0.5], False)  # noqa: E731
+    assert torch.autograd.gradcheck(soft, [t.requires_grad_(True) for t in (u, v, z, a)])
+
+
 @pytest.mark.parametrize("name", KERNELS)
-def test_opcheck(name):
-    u, v, z, a = make(6, 4, 10, seed=13)
+@pytest.mark.parametrize("n", [6, 9, 4])
+def test_opcheck(name, n):
+    u, v, z, a = make(6, 4, 10, seed=13, n=n)
     args = ([4, 10], 2, 0.3, [0.2, 0.5])
     for hard in (False, True):
         torch.library.opcheck(op(name), (u, v, z, a, *args, hard))
@@ -226,8 +258,19 @@ def test_bad_input(name):
         op(name)(u, v, z, a, [4, 10], 6, 0.3, [0.2, 0.5], True)
     with pytest.raises(TypeError, match="z must have u's dtype"):
         op(name)(u, v, z.float(), a.float(), *args)
-    with pytest.raises(ValueError, match="z_anchor must have shape"):
+    with pytest.raises(ValueError, match=r"z_anchor must be \(B, d\)"):
         op(name)(u, v, z, a[:, :3], *args)
+    # N candidates != B anchors: v (N, b_max), z (N, d), z_anchor (B, d)
+    with pytest.raises(ValueError, match=r"v must be \(N, b_max\) with b_max = 10"):
+        op(name)(u, v[:, :8], z, a, *args)
+    with pytest.raises(ValueError, match=r"z must be \(N, d\) with N = 4"):
+        op(name)(u, v[:4], z, a, *args)
+    with pytest.raises(ValueError, match=r"z_anchor must be \(B, d\) = \(6, 4\)"):
+        op(name)(u, v, z, a[:5], *args)
+    with pytest.raises(ValueError, match="N >= 2 candidates"):
+        op(name)(u, v[:1], z[:1], a, [4, 10], 1, 0.3, [0.2, 0.5], True)
+    with pytest.raises(ValueError, match=r"m=3 positives must be in \[1, N - 1\] = \[1, 2\]"):
+        op(name)(u, v[:3], z[:3], a, [4, 10], 3, 0.3, [0.2, 0.5], True)
 
 
 @needs_ext
@@ -411,3 +454,78 @@ def test_loss_adds_the_weighted_code_term_and_projects_the_latents():
 def test_bad_options_raise_naming_the_argument(kw, match):
     with pytest.raises(ValueError, match=match):
         get_loss("sortednce", (8,), **kw)
+
+
+# ------------------------------------------------------------------ the code memory
+
+
+@pytest.mark.parametrize("backend", ["torch"] + (["cpp"] if HAS_EXT else []))
+def test_memory_appends_the_stored_pairs_to_the_candidates(backend):
+    """memory=M: the ring of past (code, latent) candidate pairs joins the candidates once warm; the loss equals
+    the op on the concatenated candidates (values and gradients w.r.t. the batch); the stored rows get none."""
+    args = ([8, 16], 2, 0.2, [0.3, 0.3], True)
+    loss = get_loss("sortednce", (8, 16), m=2, tau=0.2, sort_tau=0.3, memory=7, warmup_epochs=1, backend=backend)
+    batches = [make(4, 5, 20, seed=s) for s in (51, 52, 53)]
+    u, v, z, a = batches[0]
+    first = loss(u, v, z=z, z_other=a)  # warm-up: written, not read
+    torch.testing.assert_close(first, reference.sorted_nce(u[:, :16], v[:, :16], z, a, *args))
+    assert int(loss.memory.filled) == 4 and int(loss.memory.ptr) == 4
+    assert loss.memory.codes.dtype == torch.float32 and loss.memory.latents.dtype == torch.float64
+    torch.testing.assert_close(loss.memory.prefix(16), v[:, :16].float())   # the candidates' codes, b_max wide
+    assert torch.equal(loss.memory.stored_latents(), z)                      # and their latents, row for row
+    loss.set_epoch(1)
+    u, v, z, a = batches[1]
+    mem_codes, mem_lat = loss.memory.prefix(16).double().clone(), loss.memory.stored_latents().clone()
+    got, got_g = grads(lambda *t: loss(t[0], t[1], z=t[2], z_other=t[3]), (u, v, z, a), torch.tensor([1.0, 0.5]))
+    want, want_g = grads(lambda *t: reference.sorted_nce(t[0][:, :16], torch.cat([t[1][:, :16], mem_codes]),
+                                                         torch.cat([t[2], mem_lat]), t[3], *args),
+                         (u, v, z, a), torch.tensor([1.0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert_close(got_g, want_g, 1e-9, 1e-12)
+    assert not (loss.memory.codes.requires_grad or loss.memory.latents.requires_grad)
+    assert loss.memory.codes.grad is None and loss.memory.latents.grad is None
+    # the grads() call pushed batch 1 (4 rows into the 3 free slots and slot 0): ring order
+    assert int(loss.memory.filled) == 7 and int(loss.memory.ptr) == 1
+    u0, v0, z0, _ = batches[0]
+    assert torch.equal(loss.memory.latents, torch.cat([z[3:], z0[1:], z[:3]]))
+    torch.testing.assert_close(loss.memory.codes, torch.cat([v[3:], v0[1:], v[:3]])[:, :16].float())
+    loss.eval()
+    loss(*batches[2][:2], z=batches[2][2], z_other=batches[2][3])
+    assert int(loss.memory.ptr) == 1  # eval mode reads, never writes
+
+
+def test_memory_with_projection_and_symmetric_stores_the_contrasted_latents():
+    torch.manual_seed(0)
+    loss = get_loss("sortednce", (8, 16), sort_tau=0.2, projection=6, memory=10, symmetric=True,
+                    backend="torch").double()
+    u, v, z, a = make(4, 5, 16, seed=61)
+    loss(u, v, z=z, z_other=a)
+    stored = loss.memory.stored_latents().clone()
+    torch.testing.assert_close(stored, loss.projection(z))  # after the projection, detached
+    u2, v2, z2, a2 = make(4, 5, 16, seed=62)
+    got = loss(u2, v2, z=z2, z_other=a2)
+    codes = loss.memory.prefix(16)[:4].double()
+    pz, pa = loss.projection(z2), loss.projection(a2)
+    args = ([8, 16], 2, 0.1, [0.2, 0.2], True)
+    want = (reference.sorted_nce(u2, torch.cat([v2, codes]), torch.cat([pz, stored]), pa, *args)
+            + reference.sorted_nce(v2, torch.cat([u2, codes]), torch.cat([pa, stored]), pz, *args)) / 2
+    torch.testing.assert_close(got, want)
+
+
+def test_memory_state_dict_keeps_the_latents():
+    loss = get_loss("sortednce", (8,), memory=5, backend="torch")
+    u, v, z, a = make(3, 4, 8, seed=71)
+    loss(u, v, z=z, z_other=a)
+    fresh = get_loss("sortednce", (8,), memory=5, backend="torch")
+    assert fresh.memory.latents is None and "memory.latents" not in fresh.state_dict()
+    fresh.load_state_dict(loss.state_dict())
+    assert torch.equal(fresh.memory.latents, loss.memory.latents) and int(fresh.memory.filled) == 3
+
+
+def test_memory_options_raise():
+    with pytest.raises(ValueError, match="debiased=0.1 is not supported"):
+        get_loss("sortednce", (8,), memory=8, debiased=0.1)
+    with pytest.raises(ValueError, match="memory must be"):
+        get_loss("sortednce", (8,), memory=-1)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        get_loss("sortednce", (8,), memory=8, warmup_epochs=-1)

@@ -1,7 +1,8 @@
 // sorted_nce: SortedNCE of every code length through a fused SoftSort (spec: reference.sorted_nce), streamed
-// per anchor: no (B, B, B) permutation and no (B, B, d) sorted latents, O(B d) memory per thread beyond the
-// (K, B, B) distances. The soft latents come from two linear recurrences over the sorted order (O(B d) per
-// anchor, kernels/sorted_nce.h); the hard (straight-through) forward is O(B log B) per anchor after a z^T.
+// per anchor: no (B, N, N) permutation and no (B, N, d) sorted latents (B anchors, N candidates), O(N d) memory
+// per thread beyond the (K, B, N) distances. The soft latents come from two linear recurrences over the sorted
+// order (O(N d) per anchor, kernels/sorted_nce.h); the hard (straight-through) forward is O(N log N) per anchor
+// after a z^T.
 #include <torch/all.h>
 #include <torch/library.h>
 
@@ -15,8 +16,9 @@ namespace nhl {
 namespace {
 
 template <typename T>
-void forward_losses(const sorted_nce::Inputs<T>& in, const T* dist, at::ArrayRef<double> sort_tau, T* per_anchor) {
-  const int64_t K = static_cast<int64_t>(sort_tau.size()), B = in.B;
+void forward_losses(const sorted_nce::Inputs<T>& in, int64_t B, const T* dist, at::ArrayRef<double> sort_tau,
+                    T* per_anchor) {
+  const int64_t K = static_cast<int64_t>(sort_tau.size()), N = in.B;  // B anchors, N candidates
 #pragma omp parallel
   {
     sorted_nce::Workspace<T> ws;
@@ -25,7 +27,7 @@ void forward_losses(const sorted_nce::Inputs<T>& in, const T* dist, at::ArrayRef
       const T inv_ts = T(1.0 / sort_tau[k]);
 #pragma omp for schedule(dynamic, 4)
       for (int64_t i = 0; i < B; ++i) {
-        const T* drow = dist + (k * B + i) * B;
+        const T* drow = dist + (k * B + i) * N;
         sorted_nce::sort_row(in, drow, inv_ts, ws);
         per_anchor[k * B + i] = sorted_nce::anchor_loss(in, i, ws);
       }
@@ -43,7 +45,7 @@ at::Tensor sorted_nce_cpu(const at::Tensor& u, const at::Tensor& v, const at::Te
   at::Tensor per_anchor = at::empty({K, B}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "sorted_nce_cpu", [&] {
     const auto in = sorted_nce_inputs<scalar_t>(p, m, tau, hard);
-    forward_losses<scalar_t>(in, p.dist.data_ptr<scalar_t>(), sort_tau, per_anchor.data_ptr<scalar_t>());
+    forward_losses<scalar_t>(in, B, p.dist.data_ptr<scalar_t>(), sort_tau, per_anchor.data_ptr<scalar_t>());
   });
   return per_anchor.to(at::kDouble).mean(1).to(u.scalar_type());  // the anchors summed in double
 }

@@ -13,10 +13,10 @@
 namespace nhl {
 
 struct SortedNcePrep {
-  at::Tensor dist;   // (K, B, B): D_k = (b_k - u[:, :b_k] v[:, :b_k]^T) / (2 b_k)
-  at::Tensor z, a;   // contiguous latents
-  at::Tensor zn2;    // (B,) |z_j|^2
-  at::Tensor mt;     // (B, B) a z^T
+  at::Tensor dist;   // (K, B, N): D_k = (b_k - u[:, :b_k] v[:, :b_k]^T) / (2 b_k), B anchors, N candidates
+  at::Tensor z, a;   // contiguous latents: z (N, d) candidates', a (B, d) anchors'
+  at::Tensor zn2;    // (N,) |z_j|^2
+  at::Tensor mt;     // (B, N) a z^T
   at::Tensor anorm;  // (B,) |a_i|
 };
 
@@ -24,11 +24,11 @@ inline SortedNcePrep sorted_nce_prepare(const char* op, const at::Tensor& u, con
                                         const at::Tensor& z_anchor, at::IntArrayRef bits) {
   // the GEMMs re-enter the dispatcher: under autocast they would come back in bfloat16
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const int64_t K = static_cast<int64_t>(bits.size()), B = u.size(0);
+  const int64_t K = static_cast<int64_t>(bits.size()), B = u.size(0), N = v.size(0);
   SortedNcePrep p;
   const at::Tensor uc = u.contiguous(), vc = v.contiguous();
-  p.dist = at::empty({K, B, B}, u.options());
-  at::Tensor gram = at::zeros({B, B}, u.options());
+  p.dist = at::empty({K, B, N}, u.options());
+  at::Tensor gram = at::zeros({B, N}, u.options());
   int64_t lo = 0;
   for (int64_t k = 0; k < K; ++k) {  // the Gram of the first b_k columns: the previous one plus this block's
     gram.addmm_(uc.narrow(1, lo, bits[k] - lo), vc.narrow(1, lo, bits[k] - lo).t());
@@ -48,7 +48,7 @@ inline SortedNcePrep sorted_nce_prepare(const char* op, const at::Tensor& u, con
 template <typename T>
 sorted_nce::Inputs<T> sorted_nce_inputs(const SortedNcePrep& p, int64_t m, double tau, bool hard) {
   sorted_nce::Inputs<T> in;
-  in.B = p.z.size(0);
+  in.B = p.z.size(0);  // the per-anchor core's B is the candidate count N
   in.d = p.z.size(1);
   in.m = m;
   in.inv_tau = T(1.0 / tau);

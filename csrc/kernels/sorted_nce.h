@@ -40,16 +40,17 @@ namespace sorted_nce {
 
 constexpr double kEps = 1e-8;
 
+// B here is the number of candidates of each anchor (N of the op: v (N, b), z (N, d)); anchors index a and mt.
 template <typename T>
 struct Inputs {
   int64_t B = 0, d = 0, m = 1;
   T inv_tau = 1;
   bool hard = true;
-  const T* z = nullptr;       // (B, d) latents
-  const T* a = nullptr;       // (B, d) anchor latents
+  const T* z = nullptr;       // (B, d) candidates' latents
+  const T* a = nullptr;       // (anchors, d) anchor latents
   const T* zn2 = nullptr;     // (B,) |z_j|^2
-  const T* mt = nullptr;      // (B, B) a z^T: mt[i * B + j] = <a_i, z_j>
-  const T* anorm = nullptr;   // (B,) |a_i|
+  const T* mt = nullptr;      // (anchors, B) a z^T: mt[i * B + j] = <a_i, z_j>
+  const T* anorm = nullptr;   // (anchors,) |a_i|
 };
 
 template <typename T>

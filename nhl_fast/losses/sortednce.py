@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from nhl_fast import _checks
 from nhl_fast._dispatch import dispatch
 from nhl_fast.losses import register
+from nhl_fast.losses._code_memory import CodeMemory
 from nhl_fast.losses.base import UnsupervisedNestedLoss
 
 
@@ -81,16 +82,25 @@ class SortedNCE(UnsupervisedNestedLoss):
     0.54-0.73 mAP: above ITQ from 32 bits and cibhash at 64 and 128, below both at 8 and 16 bits. The latent
     head is created at the first call (its input width).
 
+    Code memory (off by default): ``memory=M`` keeps ONE ring of the candidates' past (code, latent) pairs
+    (MeCoQ's queue, AAAI 2022; CBNS's memory, SIGIR 2021): the codes u_other[:, :b_max] in an (M, b_max) buffer
+    read by every length through prefix views, and their latents z (after ``projection``, if any) in an (M, d)
+    buffer, both detached, pushed after each training forward. Once ``warmup_epochs`` epochs have passed (the
+    loop calls ``set_epoch``) the stored pairs are appended to each anchor's candidates: N = B + filled rows are
+    sorted per anchor, so they serve as extra negatives (or, if nearer than the batch's, as positives). With
+    ``symmetric=True`` the same rows extend the swapped direction's candidates. ``debiased`` (cibhash's debiased
+    negatives) is not supported here: the positives are ranks of a sort, not one known pair.
+
     Needs the latents: ``forward(u, u_other, z=..., z_other=...)`` with z, z_other (B, d) the backbone features
     that feed the hash layer. The op (``sorted_nce``: C++ on CPU, Triton on GPU, the materialised reference
-    otherwise) never builds the (B, B, B) permutations or the (B, B, d) sorted latents; one call serves all K
-    lengths (distances from cumulative prefix Grams).
+    otherwise; B anchors against N >= 2 candidates) never builds the (B, N, N) permutations or the (B, N, d)
+    sorted latents; one call serves all K lengths (distances from cumulative prefix Grams).
     """
 
     def __init__(self, bit_list: Sequence[int], num_classes: Optional[int] = None, num_train: Optional[int] = None,
                  *, m: int = 2, tau: float = 0.1, sort_tau: Union[str, float] = SORT_TAU, hard: bool = True,
-                 symmetric: bool = False, quant_weight: float = 0.0, projection: int = 0,
-                 backend: Optional[str] = None):
+                 symmetric: bool = False, quant_weight: float = 0.0, projection: int = 0, memory: int = 0,
+                 warmup_epochs: int = 0, debiased: float = 0.0, backend: Optional[str] = None):
         super().__init__(bit_list, num_classes=num_classes, num_train=num_train)
         self.m = _checks.positive_int(m, "m")
         if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0):
@@ -113,6 +123,16 @@ class SortedNCE(UnsupervisedNestedLoss):
         self.projection = (nn.Sequential(nn.LazyLinear(projection), nn.ReLU(), nn.Linear(projection, projection),
                                          nn.LayerNorm(projection)) if projection else None)
         self.hard, self.symmetric, self.backend = hard, symmetric, backend
+        if debiased:
+            raise ValueError(f"sortednce: debiased={debiased!r} is not supported (the debiased negatives are "
+                             f"cibhash's); leave it at 0")
+        if not (isinstance(memory, int) and not isinstance(memory, bool) and memory >= 0):
+            raise ValueError(f"memory must be an int >= 0 (0: none), got {memory!r}")
+        self.memory = CodeMemory(memory, self.bit_list[-1], warmup_epochs) if memory else None
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.memory is not None:
+            self.memory.set_epoch(epoch)
 
     def forward(self, u: Tensor, u_other: Tensor, indices: Optional[Tensor] = None, *,
                 z: Optional[Tensor] = None, z_other: Optional[Tensor] = None) -> Tensor:
@@ -132,12 +152,19 @@ class SortedNCE(UnsupervisedNestedLoss):
         z, z_other = z.to(dtype), z_other.to(dtype)
         op = dispatch("sorted_nce", u.device, self.backend)
         args = (list(self.bit_list), self.m, self.tau, self.sort_tau, self.hard)
+        mem = None
+        if self.memory is not None and self.memory.ready:
+            mem = (self.memory.prefix(b_max).to(u.device, dtype), self.memory.stored_latents().to(u.device, dtype))
 
-        def direction(a, b, za, zb):  # codes a sorted by their distance to b: SortedNCE (+ the script's term)
-            out = op(a, b, za, zb, *args)
-            return out + self.quant_weight * sorted_code_term(a, b, self.bit_list) if self.quant_weight else out
+        def direction(a, b, za, zb):  # candidates (b, za) sorted by distance to anchors a (+ the script's term)
+            code_term = self.quant_weight * sorted_code_term(a, b, self.bit_list) if self.quant_weight else 0
+            if mem is not None:
+                b, za = torch.cat([b, mem[0]]), torch.cat([za, mem[1]])
+            return op(a, b, za, zb, *args) + code_term
 
         loss = direction(u, u_other, z, z_other)
         if self.symmetric:
             loss = (loss + direction(u_other, u, z_other, z)) / 2
+        if self.memory is not None and self.training and torch.is_grad_enabled():
+            self.memory.push(u_other, z)  # the first direction's candidates: codes and the latents contrasted
         return loss

@@ -57,6 +57,21 @@ def test_train_unsupervised_memory_and_loss_options(tmp_path, capsys):
     assert int(ck.objective["base.memory.filled"]) == 64  # 100 training rows pushed, ring of 64
 
 
+def test_train_sortednce_with_the_code_memory(tmp_path, capsys):
+    run = tmp_path / "srun"
+    rc, out, err = _run(["train", "--unsupervised", "--base-loss", "sortednce", "--memory", "512", "--epochs", "1",
+                         "--bits", "8,16", "--batch-size", "256", "--quiet", "--out", str(run)], capsys)
+    assert rc == 0, err
+    assert "| digits | 8 bits | 16 bits |" in out
+    res = json.loads((run / "metrics.json").read_text())
+    assert res["config"]["memory"] == 512 and all(0 < m <= 1 for m in res["final"]["map"])
+    from nhl_fast.app.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(str(run / "last.safetensors"))
+    assert int(ck.objective["base.memory.filled"]) == 512
+    assert ck.objective["base.memory.codes"].shape == (512, 16) and ck.objective["base.memory.latents"].shape[0] == 512
+
+
 def test_unsupervised_option_errors(tmp_path, capsys):
     rc, _, err = _run(["train", "--unsupervised", "--base-loss", "csq", "--epochs", "1", "--quiet",
                        "--out", str(tmp_path / "a")], capsys)
