@@ -64,6 +64,8 @@ def train_rows(loss, method, seed, bits, args, data=None):
         c.base_loss, c.unsupervised, c.seed, c.epochs = loss, True, seed, args.epochs
         c.batch_size, c.lr, c.eval_every, c.device = args.batch_size, args.lr, args.epochs, args.device
         c.loss_opts = dict(RECIPES.get(loss, {}).get("loss_opts", {}))
+        if args.soft and loss == "sortednce":
+            c.loss_opts["hard"] = False  # the soft SoftSort rows (no straight-through)
         res = fit(c, data, reporter=Reporter(quiet=True), final_curves=False)
         for b, m in zip(res["final"]["bits"], res["final"]["map"]):
             rows.append({"method": method, "loss": loss, "seed": seed, "bits": b, "map": m,
@@ -77,6 +79,8 @@ def main():
     p.add_argument("--losses", default="cibhash,greedyhash,bihalf,sortednce",
                    help="comma-separated unsupervised losses (unregistered ones are skipped with a note)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    p.add_argument("--soft", action="store_true", help="sortednce with the soft SoftSort rows (hard=False)")
     p.add_argument("--epochs", type=int, default=None, help="default 20 (--quick: 1)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -87,12 +91,12 @@ def main():
     torch.set_num_threads(args.threads)
     args.epochs = args.epochs or (1 if args.quick else 20)
     bits = (8, 16) if args.quick else BITS
-    seeds = list(range(1 if args.quick else args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + (1 if args.quick else args.seeds)))
     losses = [s.strip() for s in args.losses.split(",") if s.strip()]
     data = load_digits_data()
     config = {"data": data.describe(), "bits": list(bits), "seeds": seeds, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads, "losses": losses,
-              "recipes": {k: RECIPES.get(k, {}) for k in losses}}
+              "recipes": {k: RECIPES.get(k, {}) for k in losses}, "soft_sortednce": args.soft}
     rows = [{"method": "raw_pixels", "loss": None, "seed": None, "bits": None, "map": raw_pixel_map(data)}]
     for method in ("itq", "lsh"):
         for s in seeds:

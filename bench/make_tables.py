@@ -269,6 +269,45 @@ def unsupervised_compare() -> str:
     return table(["method"] + [f"{b} bits" for b in bits] + ["fit time / seed (s)"], rows)
 
 
+def unsupervised_long() -> str:
+    """The longer-budget unsupervised runs (bench_unsupervised_long_*.json, one file per part of the plan):
+    mAP@all per length, mean ± std over seeds (count), train time per seed; ITQ and raw pixels from the same
+    files (one value per seed: they do not depend on the training budget)."""
+    import statistics
+
+    groups, times, base, bits, raw = {}, {}, {}, None, None
+    for name in sorted(os.listdir(RESULTS)):
+        if not (name.startswith("bench_unsupervised_long_") and name.endswith(".json")):
+            continue
+        d = load(name[:-len(".json")])
+        bits = bits or d["config"]["bits"]
+        soft = d["config"].get("soft_sortednce", False)
+        for r in d["rows"]:
+            if r["method"] == "raw_pixels":
+                raw = r["map"]
+            elif r["method"] == "itq":
+                base.setdefault(r["bits"], {})[r["seed"]] = r["map"]
+            elif r["method"] in ("nested", "independent"):
+                steps = r["epochs"] * -(-1297 // r["batch_size"])
+                label = (f"{r['loss']}{' (soft SoftSort)' if soft and r['loss'] == 'sortednce' else ''}",
+                         r["method"] != "nested", r["method"], f"{r['epochs']} x {r['batch_size']} ({steps:,})")
+                groups.setdefault(label, {}).setdefault(r["bits"], []).append(r["map"])
+                times.setdefault(label, {}).setdefault(r["seed"], 0.0)
+                times[label][r["seed"]] += r.get("train_time_s", 0.0)
+
+    def cell(xs):
+        if not xs:
+            return "—"
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        return f"{statistics.fmean(xs):.3f} ± {sd:.3f} ({len(xs)})"
+
+    out = [[f"{k[0]} {k[2]}", k[3]] + [cell(groups[k].get(b, [])) for b in bits]
+           + [f"{statistics.fmean(times[k].values()):.1f}"] for k in sorted(groups)]
+    out.append(["itq", "—"] + [cell(list(base.get(b, {}).values())) for b in bits] + ["—"])
+    out.append(["raw pixels, Euclidean", "—"] + [f"{raw:.3f}"] * len(bits) + ["0"])
+    return table(["method", "epochs x batch (steps)"] + [f"{b} bits" for b in bits] + ["fit time / seed (s)"], out)
+
+
 def cpu_unsupervised() -> str:
     """bench_unsupervised.py: the fused sorted_nce op vs the materialised reference, per configuration."""
     by = {}
@@ -299,6 +338,7 @@ TABLES = {
     "cpu_distributed": cpu_distributed,
     "cpu_distributed_projection": cpu_distributed_projection,
     "unsupervised_compare": unsupervised_compare,
+    "unsupervised_long": unsupervised_long,
     "cpu_unsupervised": cpu_unsupervised,
     "house_side_by_side": lambda: side_by_side("house_side_by_side"),
     "house_side_by_side_recheck": lambda: side_by_side("house_side_by_side_recheck"),
