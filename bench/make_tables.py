@@ -257,16 +257,20 @@ def unsupervised_compare() -> str:
             times.setdefault(key, {}).setdefault(r["seed"], 0.0)
             times[key][r["seed"]] += r.get("train_time_s", 0.0)
 
-    def cell(xs):
-        if not xs:
-            return "—"
-        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        return f"{statistics.fmean(xs):.3f} ± {sd:.3f} ({len(xs)})"
-
-    rows = [[f"{k[0]} {k[2]}".strip()] + [cell(groups[k].get(b, [])) for b in bits]
+    rows = [[f"{k[0]} {k[2]}".strip()] + [mean_std_count(groups[k].get(b, [])) for b in bits]
             + [f"{statistics.fmean(times[k].values()):.1f}"] for k in sorted(groups)]
     rows.append(["raw pixels, Euclidean"] + [f"{raw:.3f}"] * len(bits) + ["0"])
     return table(["method"] + [f"{b} bits" for b in bits] + ["fit time / seed (s)"], rows)
+
+
+def mean_std_count(xs) -> str:
+    """'mean ± std (n)' of a list of mAPs (std 0 for one value), '—' for none."""
+    import statistics
+
+    if not xs:
+        return "—"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.fmean(xs):.3f} ± {sd:.3f} ({len(xs)})"
 
 
 def unsupervised_long() -> str:
@@ -295,15 +299,9 @@ def unsupervised_long() -> str:
                 times.setdefault(label, {}).setdefault(r["seed"], 0.0)
                 times[label][r["seed"]] += r.get("train_time_s", 0.0)
 
-    def cell(xs):
-        if not xs:
-            return "—"
-        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        return f"{statistics.fmean(xs):.3f} ± {sd:.3f} ({len(xs)})"
-
-    out = [[f"{k[0]} {k[2]}", k[3]] + [cell(groups[k].get(b, [])) for b in bits]
+    out = [[f"{k[0]} {k[2]}", k[3]] + [mean_std_count(groups[k].get(b, [])) for b in bits]
            + [f"{statistics.fmean(times[k].values()):.1f}"] for k in sorted(groups)]
-    out.append(["itq", "—"] + [cell(list(base.get(b, {}).values())) for b in bits] + ["—"])
+    out.append(["itq", "—"] + [mean_std_count(list(base.get(b, {}).values())) for b in bits] + ["—"])
     out.append(["raw pixels, Euclidean", "—"] + [f"{raw:.3f}"] * len(bits) + ["0"])
     return table(["method", "epochs x batch (steps)"] + [f"{b} bits" for b in bits] + ["fit time / seed (s)"], out)
 
