@@ -72,6 +72,14 @@ class UnsupervisedNestedLoss(NestedLoss):
 
     unsupervised = True
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the training loop at each epoch (from 0): the warm-up of a loss's code memory (the
+        ``memory`` submodule of cibhash and sortednce, None when off) counts them."""
+        # getattr, not a class-level default: nn.Module keeps submodules in _modules, behind a class attribute
+        memory = getattr(self, "memory", None)
+        if memory is not None:
+            memory.set_epoch(epoch)
+
     def check_views(self, u: Tensor, u_other: Tensor, z: Optional[Tensor] = None,
                     z_other: Optional[Tensor] = None) -> None:
         """The two views must be tensors of one shape (B, b_max), B >= 2; latents, when given, both (B, d)."""

@@ -59,10 +59,6 @@ class CIBHashLoss(UnsupervisedNestedLoss):
         self.stochastic = bool(stochastic)
         self.memory = CodeMemory(int(memory), self.bit_list[-1], warmup_epochs) if memory else None
 
-    def set_epoch(self, epoch: int) -> None:
-        if self.memory is not None:
-            self.memory.set_epoch(epoch)
-
     def forward(self, u: Tensor, u_other: Tensor, indices: Optional[Tensor] = None, *,
                 z: Optional[Tensor] = None, z_other: Optional[Tensor] = None) -> Tensor:
         self.check_views(u, u_other, z, z_other)

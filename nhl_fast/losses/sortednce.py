@@ -130,10 +130,6 @@ class SortedNCE(UnsupervisedNestedLoss):
             raise ValueError(f"memory must be an int >= 0 (0: none), got {memory!r}")
         self.memory = CodeMemory(memory, self.bit_list[-1], warmup_epochs) if memory else None
 
-    def set_epoch(self, epoch: int) -> None:
-        if self.memory is not None:
-            self.memory.set_epoch(epoch)
-
     def forward(self, u: Tensor, u_other: Tensor, indices: Optional[Tensor] = None, *,
                 z: Optional[Tensor] = None, z_other: Optional[Tensor] = None) -> Tensor:
         if z is None or z_other is None:
