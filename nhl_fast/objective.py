@@ -305,7 +305,7 @@ class NHLObjective(nn.Module):
         return G.detach().transpose(0, 1).reshape(u.shape[0], -1).index_select(1, self._pack_index(u.device))
 
     def _backbone_scaled(self, total: Tensor, codes, losses: Tensor, u: Tensor, grads: Optional[Tensor],
-                         weights: Tensor, acc) -> Tensor:
+                         weights: Tensor, deriv: Optional[Tensor], acc) -> Tensor:
         """length_scale="backbone_bits": total plus a value-neutral term whose gradient reaches the layer's input
         only: sum_k w_k (s_k - 1) dL_k/du, through the relaxation and W (held constant), so the backbone gets
         sum_k w_k s_k dL_k/du (the head's W and b keep sum_k w_k dL_k/du)."""
@@ -322,7 +322,8 @@ class NHLObjective(nn.Module):
         col = self._pack_index(u.device) % self.bit_list[-1]  # u's column of each packed column
         coef = (weights.to(acc) * (self._scale.to(device=u.device, dtype=acc) - 1))[length]
         extra = u.new_zeros(u.shape, dtype=acc).index_add_(1, col, grads.to(acc) * coef)
-        deriv = relax_derivative(codes, acc)
+        if deriv is None:  # forward computes it only for the adaptive weights
+            deriv = relax_derivative(codes, acc)
         if deriv is not None:
             extra = extra * deriv
         extra_x = (extra @ codes.weight.detach().to(acc)).to(codes.input.dtype)
@@ -394,7 +395,7 @@ class NHLObjective(nn.Module):
         if training and (closed or use_distill):
             total = _ClosedFormGrad.apply(total, u, grad_u)
         if training and self._backbone_only:
-            total = self._backbone_scaled(total, codes, losses, u, grads, weights, acc)
+            total = self._backbone_scaled(total, codes, losses, u, grads, weights, deriv, acc)
         if self.faithful and adaptive:
             # quirk 2: the head keeps the last analysis pass's gradient dO_K/d(W, b) (D_K = 0)
             if codes is None or codes.weight is None:
