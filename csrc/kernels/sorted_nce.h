@@ -53,14 +53,6 @@ struct Inputs {
   const T* anorm = nullptr;   // (anchors,) |a_i|
 };
 
-template <typename T>
-inline T dot(const T* x, const T* y, int64_t n) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t t = 0; t < n; ++t) s += x[t] * y[t];
-  return s;
-}
-
 // One thread's buffers, reused across anchors: O(B d) whatever the batch.
 template <typename T>
 struct Workspace {
