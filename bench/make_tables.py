@@ -286,13 +286,14 @@ def unsupervised_long() -> str:
         d = load(name[:-len(".json")])
         bits = bits or d["config"]["bits"]
         soft = d["config"].get("soft_sortednce", False)
+        train_rows = int(re.search(r"(\d+) train", d["config"]["data"]).group(1))  # e.g. "digits: 1297 train / ..."
         for r in d["rows"]:
             if r["method"] == "raw_pixels":
                 raw = r["map"]
             elif r["method"] == "itq":
                 base.setdefault(r["bits"], {})[r["seed"]] = r["map"]
             elif r["method"] in ("nested", "independent"):
-                steps = r["epochs"] * -(-1297 // r["batch_size"])
+                steps = r["epochs"] * -(-train_rows // r["batch_size"])
                 label = (f"{r['loss']}{' (soft SoftSort)' if soft and r['loss'] == 'sortednce' else ''}",
                          r["method"] != "nested", r["method"], f"{r['epochs']} x {r['batch_size']} ({steps:,})")
                 groups.setdefault(label, {}).setdefault(r["bits"], []).append(r["map"])
